@@ -1,0 +1,72 @@
+"""Options and builders shared by several commands."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import typer
+
+from veil.detect import Detector, PostProcess
+from veil.errors import VeilError
+
+WeightsOpt = typer.Option(
+    None, "--weights", "-w", help="FaceBoxes checkpoint (.pth); default: $VEIL_WEIGHTS.", show_default=False
+)
+
+
+def resolve_weights(weights: Path | None) -> Path:
+    """``--weights`` or ``$VEIL_WEIGHTS``; a clear error when neither is set."""
+    if weights is None:
+        env = os.environ.get("VEIL_WEIGHTS")
+        if not env:
+            raise VeilError("no weights given: pass --weights PATH/FaceBoxes.pth or set VEIL_WEIGHTS")
+        weights = Path(env)
+    return weights
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def parse_size(size: int, resize: float | None) -> tuple[tuple[int, int] | None, float]:
+    """``--resize`` keeps the image's own scale times the factor; otherwise a fixed square ``--size``."""
+    if resize is not None:
+        if resize <= 0:
+            raise VeilError(f"--resize must be > 0, got {resize}")
+        return None, resize
+    if size < 32 or size % 32:
+        raise VeilError(f"--size must be a positive multiple of 32, got {size}")
+    return (size, size), 1.0
+
+
+def build_detector(
+    weights: Path | None,
+    *,
+    model: str = "faceboxes",
+    split: str | None = None,
+    size: int = 1024,
+    resize: float | None = None,
+    threshold: float = 0.05,
+    verify: bool = False,
+    device: str = "cpu",
+) -> Detector:
+    """A local clean detector from CLI options."""
+    from veil.models import create_model, get_spec
+
+    spec = get_spec(model)
+    net = create_model(model, resolve_weights(weights), verify=verify)
+    net = net.to(device=device, memory_format=torch.channels_last)
+    head, tail = net.split(split or spec.default_split)  # type: ignore[operator]
+    fixed, factor = parse_size(size, resize)
+    return Detector(
+        head,
+        tail,
+        size=fixed,
+        resize=factor,
+        post=PostProcess(threshold=threshold),
+        mean_bgr=spec.mean_bgr,
+        device=device,
+    )

@@ -1,0 +1,37 @@
+"""``veil detect``: boxes on images, as PNG pictures and JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from veil.cli.common import WeightsOpt, build_detector, set_threads
+from veil.imageio import atomic_write_bytes, draw_detections, load_image, save_png
+
+
+def detect(
+    images: list[Path] = typer.Argument(..., help="Image files.", show_default=False),
+    weights: Path | None = WeightsOpt,
+    out: Path = typer.Option(Path("detections"), "--out", "-o", help="Output folder."),
+    size: int = typer.Option(1024, help="Fixed square input size (multiple of 32)."),
+    resize: float | None = typer.Option(None, help="Keep each image's scale times this factor instead."),
+    threshold: float = typer.Option(0.5, help="Score threshold for reported boxes."),
+    threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
+) -> None:
+    """Detect faces; writes <name>.png (boxes drawn) and <name>.json per image."""
+    set_threads(threads)
+    detector = build_detector(weights, size=size, resize=resize, threshold=threshold)
+    for path in images:
+        img = load_image(path)
+        dets = detector.detect([img])[0]
+        save_png(draw_detections(img, dets), out / f"{path.stem}.png")
+        record = {
+            "image": str(path),
+            "width": int(img.shape[2]),
+            "height": int(img.shape[1]),
+            "boxes": [[round(v, 2) for v in row[:4]] + [round(row[4], 4)] for row in dets.tolist()],
+        }
+        atomic_write_bytes(out / f"{path.stem}.json", json.dumps(record, indent=1).encode())
+        typer.echo(f"{path}: {len(dets)} faces -> {out / (path.stem + '.png')}")

@@ -1,0 +1,27 @@
+"""Typed errors with advice: every user-facing failure is one line saying what is wrong and what to do."""
+
+from __future__ import annotations
+
+
+class VeilError(Exception):
+    """Base class for errors a user can act on; the CLI prints them as a single line."""
+
+
+class CheckpointError(VeilError):
+    """A weights file is missing, truncated, corrupt, foreign, or fails its checksum."""
+
+
+class UnknownModelError(VeilError):
+    """A model name that the registry does not know."""
+
+
+class DatasetError(VeilError):
+    """An annotation file is malformed or images are missing."""
+
+
+class InputError(VeilError):
+    """An input tensor or image has the wrong shape, dtype or content."""
+
+
+class SplitPointError(VeilError):
+    """A split point that the model does not offer."""

@@ -1,0 +1,130 @@
+"""Images in and out: decoding, FaceBoxes preprocessing, drawing boxes (all via torchvision).
+
+Preprocessing resizes while the image is still uint8 (four times less memory traffic than float) and
+produces a channels-last float batch, the layout the convolutions are fastest in on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.io import ImageReadMode, decode_image, encode_png
+from torchvision.utils import draw_bounding_boxes
+
+from veil.errors import InputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
+FACEBOXES_MEAN_BGR = (104.0, 117.0, 123.0)
+
+
+def load_image(path: str | Path) -> Tensor:
+    """Decode an image file to a uint8 RGB tensor [3, H, W]."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image not found: {path}")
+    try:
+        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        return decode_image(data, mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError) as exc:
+        raise InputError(f"{path}: cannot decode image ({str(exc).splitlines()[0][:100]})") from exc
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files under ``folder`` (recursive), sorted for reproducibility."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"image folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    return files
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A preprocessed batch and what is needed to map boxes back to each original image."""
+
+    tensor: Tensor  # [N, 3, H, W] float32, BGR minus mean, channels-last
+    original_sizes: list[tuple[int, int]]  # (height, width) of each source image
+    resized_sizes: list[tuple[int, int]]  # (height, width) of each image inside the (padded) batch
+
+
+def _check_image(img: Tensor, index: int) -> None:
+    if img.dtype != torch.uint8 or img.dim() != 3 or img.shape[0] != 3:
+        raise InputError(
+            f"image {index}: expected a uint8 RGB tensor [3, H, W], got {img.dtype} {tuple(img.shape)}; "
+            "decode files with veil.imageio.load_image"
+        )
+
+
+def target_size(height: int, width: int, size: tuple[int, int] | None, resize: float) -> tuple[int, int]:
+    """Network input size for one image: fixed ``size`` (H, W), or the image's own size times ``resize``."""
+    if size is not None:
+        return size
+    return max(32, round(height * resize)), max(32, round(width * resize))
+
+
+def preprocess(
+    images: Sequence[Tensor],
+    size: tuple[int, int] | None = (1024, 1024),
+    resize: float = 1.0,
+    mean_bgr: tuple[float, float, float] = FACEBOXES_MEAN_BGR,
+) -> Batch:
+    """uint8 RGB images -> one float batch (BGR minus mean), zero-padded to a common size if needed."""
+    if not images:
+        raise InputError("no images to preprocess")
+    resized: list[Tensor] = []
+    for i, img in enumerate(images):
+        _check_image(img, i)
+        h, w = target_size(img.shape[1], img.shape[2], size, resize)
+        x = img.unsqueeze(0).contiguous(memory_format=torch.channels_last)
+        if (h, w) != tuple(img.shape[1:]):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=False)
+        resized.append(x)
+    height = max(x.shape[2] for x in resized)
+    width = max(x.shape[3] for x in resized)
+    mean = torch.tensor(mean_bgr, dtype=torch.float32).view(1, 3, 1, 1)
+    out = torch.zeros((len(images), 3, height, width), dtype=torch.float32).contiguous(
+        memory_format=torch.channels_last
+    )
+    for i, x in enumerate(resized):
+        out[i : i + 1, :, : x.shape[2], : x.shape[3]] = x.flip(1).float() - mean
+    return Batch(
+        tensor=out,
+        original_sizes=[(int(img.shape[1]), int(img.shape[2])) for img in images],
+        resized_sizes=[(int(x.shape[2]), int(x.shape[3])) for x in resized],
+    )
+
+
+def draw_detections(image: Tensor, detections: Tensor, color: str = "red", width: int = 3) -> Tensor:
+    """Boxes [M, 5] (x1, y1, x2, y2, score) drawn on a uint8 image, each labelled with its score."""
+    if detections.numel() == 0:
+        return image.clone()
+    labels = [f"{s:.2f}" for s in detections[:, 4].tolist()]
+    return draw_bounding_boxes(image, detections[:, :4], labels=labels, colors=color, width=width)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_png(image: Tensor, path: str | Path) -> None:
+    """Encode a uint8 [3, H, W] tensor as PNG, atomically."""
+    atomic_write_bytes(path, encode_png(image.contiguous()).numpy().tobytes())

@@ -1,0 +1,40 @@
+"""Shared fixtures: real data lives read-only in ../shared and tests skip cleanly when a clone lacks it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def _require(path: Path) -> Path:
+    """Return ``path`` or skip, so a user's clone without ../shared still passes."""
+    if not path.exists():
+        pytest.skip(f"../shared not found (looked for {path}); real-data tests need the shared folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The read-only ../shared folder next to the repository."""
+    return _require(SHARED_DIR)
+
+
+@pytest.fixture(scope="session")
+def fddb_folds(shared_dir: Path) -> Path:
+    """The complete official FDDB annotations (no images)."""
+    return _require(shared_dir / "data" / "fddb")
+
+
+@pytest.fixture(scope="session")
+def fddb_sample(shared_dir: Path) -> Path:
+    """7 real FDDB images in folds 1 and 6 with their annotations."""
+    return _require(shared_dir / "data" / "fddb-sample")
+
+
+@pytest.fixture(scope="session")
+def widerface_sample(shared_dir: Path) -> Path:
+    """10 real WIDER FACE images (6 train, 4 val) with official-format ground truth."""
+    return _require(shared_dir / "data" / "widerface-sample")
