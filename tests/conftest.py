@@ -38,3 +38,29 @@ def fddb_sample(shared_dir: Path) -> Path:
 def widerface_sample(shared_dir: Path) -> Path:
     """10 real WIDER FACE images (6 train, 4 val) with official-format ground truth."""
     return _require(shared_dir / "data" / "widerface-sample")
+
+
+@pytest.fixture(scope="session")
+def weights(shared_dir: Path) -> Path:
+    """The default FaceBoxes checkpoint (FaceBoxes.PyTorch layout)."""
+    return _require(shared_dir / "weights" / "faceboxes" / "FaceBoxes.pth")
+
+
+@pytest.fixture(scope="session")
+def alt_weights(shared_dir: Path) -> Path:
+    """The second checkpoint, whose parameter names need a key mapping."""
+    return _require(shared_dir / "weights" / "faceboxes" / "faceboxes_alt.pth")
+
+
+@pytest.fixture(scope="session")
+def faceboxes(weights: Path):  # type: ignore[no-untyped-def]
+    """FaceBoxes with real weights, loaded once per session (read-only use in tests)."""
+    from veil.models import create_model
+
+    return create_model("faceboxes", weights)
+
+
+@pytest.fixture(scope="session")
+def mask_scenes(shared_dir: Path) -> Path:
+    """552 real street scenes with 2,128 face boxes in FDDB layout."""
+    return _require(shared_dir / "data" / "mask-scenes")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +38,11 @@ def priors(height: int, width: int) -> Tensor:
         per_size = []
         for s in sizes:
             d = ANCHOR_DENSITY.get(s, 1)
-            offsets = torch.arange(d, dtype=torch.float64) / d if d > 1 else torch.tensor([0.5], dtype=torch.float64)
+            offsets = (
+                torch.arange(d, dtype=torch.float64) / d
+                if d > 1
+                else torch.tensor([0.5], dtype=torch.float64)
+            )
             oy, ox = torch.meshgrid(offsets, offsets, indexing="ij")
             cy = (rows + oy.reshape(1, 1, -1)) * step / height
             cx = (cols + ox.reshape(1, 1, -1)) * step / width
@@ -74,7 +79,11 @@ class PostProcess:
         results = []
         for i, ((oh, ow), (rh, rw)) in enumerate(zip(batch.original_sizes, batch.resized_sizes, strict=True)):
             s = scores[i]
-            keep = torch.nonzero(s > self.threshold).squeeze(1)
+            valid = s > self.threshold
+            if (rh, rw) != (height, width):  # padded: anchors centred in the padding see no image
+                centre = (boxes[i, :, :2] + boxes[i, :, 2:]) / 2
+                valid &= (centre[:, 0] < rw / width) & (centre[:, 1] < rh / height)
+            keep = torch.nonzero(valid).squeeze(1)
             if keep.numel() > self.top_k:
                 keep = keep[s[keep].topk(self.top_k).indices]
             b, sc = boxes[i, keep], s[keep]
@@ -128,19 +137,27 @@ class Detector:
         return self.post(loc, conf, batch)
 
 
-def faceboxes_detector(
-    weights: str | None,
-    split: str = "rdcl",
+def build_detector(
+    weights: str | Path | None,
+    *,
+    model: str = "faceboxes",
+    split: str | None = None,
     noise: nn.Module | None = None,
+    size: tuple[int, int] | None = (1024, 1024),
+    resize: float = 1.0,
+    post: PostProcess | None = None,
     device: str = "cpu",
-    **kwargs: object,
+    verify: bool = False,
 ) -> Detector:
-    """A ready :class:`Detector` for FaceBoxes weights, in channels-last layout for CPU speed."""
-    from veil.models import create_model
+    """A ready :class:`Detector` from the registry, channels-last (the fast layout for CPU convolutions)."""
+    from veil.models import create_model, get_spec, split_model
 
-    model = create_model("faceboxes", weights).to(device=device, memory_format=torch.channels_last)
-    head, tail = model.split(split)  # type: ignore[operator]
-    return Detector(head, tail, noise=noise, device=device, **kwargs)  # type: ignore[arg-type]
+    spec = get_spec(model)
+    net = create_model(model, weights, verify=verify).to(device).to(memory_format=torch.channels_last)
+    head, tail = split_model(net, split or spec.default_split)
+    return Detector(
+        head, tail, noise=noise, size=size, resize=resize, post=post, mean_bgr=spec.mean_bgr, device=device
+    )
 
 
-__all__ = ["Detector", "PostProcess", "decode", "faceboxes_detector", "priors"]
+__all__ = ["Detector", "PostProcess", "build_detector", "decode", "priors"]

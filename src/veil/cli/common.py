@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import typer
 
-from veil.detect import Detector, PostProcess
+from veil.detect import Detector, PostProcess, build_detector
 from veil.errors import VeilError
 
 WeightsOpt = typer.Option(
@@ -42,7 +42,7 @@ def parse_size(size: int, resize: float | None) -> tuple[tuple[int, int] | None,
     return (size, size), 1.0
 
 
-def build_detector(
+def cli_detector(
     weights: Path | None,
     *,
     model: str = "faceboxes",
@@ -54,19 +54,14 @@ def build_detector(
     device: str = "cpu",
 ) -> Detector:
     """A local clean detector from CLI options."""
-    from veil.models import create_model, get_spec
-
-    spec = get_spec(model)
-    net = create_model(model, resolve_weights(weights), verify=verify)
-    net = net.to(device=device, memory_format=torch.channels_last)
-    head, tail = net.split(split or spec.default_split)  # type: ignore[operator]
     fixed, factor = parse_size(size, resize)
-    return Detector(
-        head,
-        tail,
+    return build_detector(
+        resolve_weights(weights),
+        model=model,
+        split=split,
         size=fixed,
         resize=factor,
         post=PostProcess(threshold=threshold),
-        mean_bgr=spec.mean_bgr,
         device=device,
+        verify=verify,
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from veil.cli.common import WeightsOpt, build_detector, set_threads
+from veil.cli.common import WeightsOpt, cli_detector, set_threads
 from veil.imageio import atomic_write_bytes, draw_detections, load_image, save_png
 
 
@@ -22,7 +22,7 @@ def detect(
 ) -> None:
     """Detect faces; writes <name>.png (boxes drawn) and <name>.json per image."""
     set_threads(threads)
-    detector = build_detector(weights, size=size, resize=resize, threshold=threshold)
+    detector = cli_detector(weights, size=size, resize=resize, threshold=threshold)
     for path in images:
         img = load_image(path)
         dets = detector.detect([img])[0]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from veil.cli.common import WeightsOpt, build_detector, set_threads
+from veil.cli.common import WeightsOpt, cli_detector, set_threads
 from veil.errors import VeilError
 
 app = typer.Typer(help="Evaluate a detector on an FDDB or WIDER FACE folder.", invoke_without_command=True)
@@ -25,7 +25,8 @@ def _print_result(result: object, json_out: Path | None) -> None:
     from veil.eval.report import EvalResult, format_tr_results
 
     assert isinstance(result, EvalResult)
-    typer.echo(format_tr_results(result.folds))
+    numeric = all(k.isdigit() for k in result.folds)
+    typer.echo(format_tr_results(result.folds, dataset="FDDB" if numeric else "WIDER"))
     line = f"pooled AP: {result.pooled_ap:.4f} over {result.images} images, {result.faces} faces"
     if result.roc:
         line += f"; FDDB TPR@1000FP: {result.roc['tpr_at_1000']['discrete']:.4f} (discrete)"
@@ -43,8 +44,13 @@ def eval_main(
     threshold: float = typer.Option(0.05, help="Score threshold before NMS."),
     batch_size: int = typer.Option(1, help="Images per forward pass."),
     skip_missing: bool = typer.Option(False, help="Skip (and report) images whose files are missing."),
+    ignore_invalid: bool = typer.Option(
+        False, help="WIDER FACE: faces flagged invalid count neither way (default: all boxes count)."
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Write results (and predictions) as JSON."),
-    split: str | None = typer.Option(None, help="Split point (accuracy does not depend on it without noise)."),
+    split: str | None = typer.Option(
+        None, help="Split point (accuracy does not depend on it without noise)."
+    ),
     verify: bool = typer.Option(False, help="Check the weights against SHA256SUMS."),
     threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
     quiet: bool = typer.Option(False, help="No progress bars."),
@@ -53,16 +59,24 @@ def eval_main(
     if ctx.invoked_subcommand is not None:
         return
     if dataset is None:
-        raise VeilError("missing --dataset: pass an FDDB root (FDDB-folds/ + originalPics/) or a WIDER FACE root")
+        raise VeilError(
+            "missing --dataset: pass an FDDB root (FDDB-folds/ + originalPics/) or a WIDER FACE root"
+        )
     from veil.data import load_dataset
     from veil.eval.runner import evaluate, write_part
 
     set_threads(threads)
     data = load_dataset(dataset, folds=_parse_folds(folds), skip_missing=skip_missing)
     if data.missing:
-        typer.echo(f"skipped {len(data.missing)} images with missing files (first: {data.missing[0]})", err=True)
-    detector = build_detector(weights, split=split, size=size, resize=resize, threshold=threshold, verify=verify)
-    result, preds = evaluate(data, detector.detect, batch_size=batch_size, progress=not quiet)
+        typer.echo(
+            f"skipped {len(data.missing)} images with missing files (first: {data.missing[0]})", err=True
+        )
+    detector = cli_detector(
+        weights, split=split, size=size, resize=resize, threshold=threshold, verify=verify
+    )
+    result, preds = evaluate(
+        data, detector.detect, batch_size=batch_size, progress=not quiet, use_ignore=ignore_invalid
+    )
     _print_result(result, json_out)
     if json_out is not None:
         meta = {"dataset": str(dataset), "weights": str(weights), "size": size, "resize": resize}

@@ -27,7 +27,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["APResult", "ap_details", "average_precision", "box_iou", "match_detections", "voc_ap", "wider_style_ap"]
+__all__ = [
+    "APResult",
+    "ap_details",
+    "average_precision",
+    "box_iou",
+    "match_detections",
+    "voc_ap",
+    "wider_style_ap",
+]
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:

@@ -41,12 +41,18 @@ def fold_mean(fold_aps: Mapping[str, float]) -> float:
     return sum(aps) / len(aps)
 
 
-def format_tr_results(fold_aps: Mapping[str, float]) -> str:
-    """The reference "Results" block (no trailing newline) for fold APs keyed "1".."10"."""
+def format_tr_results(fold_aps: Mapping[str, float], dataset: str = "FDDB") -> str:
+    """The reference "Results" block (no trailing newline) for fold APs keyed "1".."10".
+
+    Non-numeric groups (WIDER FACE events) are labelled ``<dataset>-<group>`` instead of a fold.
+    """
     mean = fold_mean(fold_aps)
     lines = [_HEADER]
-    lines += [f"FDDB-fold-{k} Val AP: {ap!r}" for k, ap in _ordered(fold_aps)]
-    lines += [f"FDDB Dataset Average AP: {mean!r}", _FOOTER, f"mAP: {mean!r}"]
+    lines += [
+        f"{dataset}-fold-{k} Val AP: {ap!r}" if _fold_key(k)[0] == 0 else f"{dataset}-{k} Val AP: {ap!r}"
+        for k, ap in _ordered(fold_aps)
+    ]
+    lines += [f"{dataset} Dataset Average AP: {mean!r}", _FOOTER, f"mAP: {mean!r}"]
     return "\n".join(lines)
 
 

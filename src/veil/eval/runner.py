@@ -22,7 +22,7 @@ from veil.data.labels import LabeledDataset, LabeledImage, group_sort_key
 from veil.errors import VeilError
 from veil.eval.ap import average_precision
 from veil.eval.fddb_roc import fddb_roc
-from veil.eval.report import EvalResult, write_json_atomic
+from veil.eval.report import EvalResult, fold_mean, write_json_atomic
 from veil.imageio import load_image
 
 #: Anything that turns decoded images into per-image [M, 5] detections.
@@ -79,8 +79,13 @@ def predict(
     batch_size: int = 1,
     progress: bool = True,
     desc: str | None = None,
+    use_ignore: bool = False,
 ) -> list[ImagePrediction]:
-    """Detect faces on every image; decoding of the next batch overlaps with inference."""
+    """Detect faces on every image; decoding of the next batch overlaps with inference.
+
+    ``use_ignore`` keeps WIDER FACE's "invalid" flags (those faces then count neither way); by default
+    every annotated box counts, as in the reference design's evaluation.
+    """
     index = {id(img): i for i, img in enumerate(dataset.images)}
     batches = list(_batches(dataset.images, max(1, batch_size)))
     out: list[ImagePrediction] = []
@@ -97,7 +102,7 @@ def predict(
                         detections=dets.detach().cpu().double().numpy().reshape(-1, 5),
                         boxes=np.asarray(img.boxes),
                         ellipses=None if img.ellipses is None else np.asarray(img.ellipses),
-                        ignore=None if img.ignore is None else np.asarray(img.ignore),
+                        ignore=None if img.ignore is None or not use_ignore else np.asarray(img.ignore),
                     )
                 )
             bar.update(len(batch))
@@ -119,7 +124,7 @@ def summarize(preds: Sequence[ImagePrediction], seconds: float = 0.0) -> EvalRes
     for p in preds:
         groups.setdefault(p.group, []).append(p)
     folds = {g: _ap(ps) for g, ps in groups.items()}
-    average = float(np.mean(list(folds.values())))
+    average = fold_mean(folds)
     roc: dict = {}
     if all(p.ellipses is not None for p in preds):
         roc = fddb_roc([p.detections for p in preds], [p.ellipses for p in preds]).to_dict()  # type: ignore[misc]
@@ -136,11 +141,15 @@ def summarize(preds: Sequence[ImagePrediction], seconds: float = 0.0) -> EvalRes
 
 
 def evaluate(
-    dataset: LabeledDataset, detect: DetectFn, batch_size: int = 1, progress: bool = True
+    dataset: LabeledDataset,
+    detect: DetectFn,
+    batch_size: int = 1,
+    progress: bool = True,
+    use_ignore: bool = False,
 ) -> tuple[EvalResult, list[ImagePrediction]]:
     """:func:`predict` then :func:`summarize`, timed."""
     start = time.perf_counter()
-    preds = predict(dataset, detect, batch_size=batch_size, progress=progress)
+    preds = predict(dataset, detect, batch_size=batch_size, progress=progress, use_ignore=use_ignore)
     return summarize(preds, seconds=time.perf_counter() - start), preds
 
 
@@ -162,7 +171,9 @@ def read_parts(paths: Sequence[str | Path]) -> tuple[list[ImagePrediction], floa
         except FileNotFoundError:
             raise VeilError(f"part file not found: {path}") from None
         except json.JSONDecodeError as exc:
-            raise VeilError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); was it cut short?") from None
+            raise VeilError(
+                f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); was it cut short?"
+            ) from None
         if not isinstance(data, dict) or data.get("format") != PART_FORMAT:
             raise VeilError(f"{path}: not a veil eval part (write parts with `veil eval --json PART`)")
         for d in data["predictions"]:

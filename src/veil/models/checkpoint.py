@@ -46,10 +46,14 @@ def verify_sha256(path: Path, sums_file: Path | None = None) -> str:
     """Check ``path`` against its recorded SHA-256; returns the digest."""
     want = expected_sha256(path, sums_file)
     if want is None:
-        raise CheckpointError(f"{path}: no SHA-256 recorded for it in a SHA256SUMS file; drop --verify or add one")
+        raise CheckpointError(
+            f"{path}: no SHA-256 recorded for it in a SHA256SUMS file; drop --verify or add one"
+        )
     got = sha256_file(path)
     if got != want:
-        raise CheckpointError(f"{path}: SHA-256 mismatch (got {got[:12]}…, expected {want[:12]}…): re-download it")
+        raise CheckpointError(
+            f"{path}: SHA-256 mismatch (got {got[:12]}…, expected {want[:12]}…): re-download it"
+        )
     return got
 
 
@@ -67,7 +71,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{path}: refused, it holds more than tensors ({first[:120]})") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({first[:120]})") from exc
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({first[:120]})"
+        ) from exc
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):

@@ -25,7 +25,9 @@ ANCHOR_SIZES: tuple[tuple[int, ...], ...] = ((32, 64, 128), (256,), (512,))
 ANCHOR_STEPS: tuple[int, ...] = (32, 64, 128)
 #: Anchor densification: an anchor of size s gets DENSITY[s]^2 copies per cell.
 ANCHOR_DENSITY: dict[int, int] = {32: 4, 64: 2}
-ANCHORS_PER_CELL: tuple[int, ...] = tuple(sum(ANCHOR_DENSITY.get(s, 1) ** 2 for s in sizes) for sizes in ANCHOR_SIZES)
+ANCHORS_PER_CELL: tuple[int, ...] = tuple(
+    sum(ANCHOR_DENSITY.get(s, 1) ** 2 for s in sizes) for sizes in ANCHOR_SIZES
+)
 
 
 class BasicConv2d(nn.Module):

@@ -72,7 +72,9 @@ def get_spec(name: str) -> ModelSpec:
         raise UnknownModelError(f"unknown model {name!r}: choose one of {', '.join(list_models())}") from None
 
 
-def create_model(name: str = "faceboxes", weights: str | Path | None = None, *, verify: bool = False) -> nn.Module:
+def create_model(
+    name: str = "faceboxes", weights: str | Path | None = None, *, verify: bool = False
+) -> nn.Module:
     """Build ``name`` in eval mode, loading ``weights`` (any known key layout) when given."""
     spec = get_spec(name)
     model = spec.build()
@@ -83,3 +85,12 @@ def create_model(name: str = "faceboxes", weights: str | Path | None = None, *, 
             verify_sha256(path)
         load_into(model, state, path, spec.key_maps)
     return model.eval()
+
+
+def split_model(model: nn.Module, at: str) -> tuple[nn.Module, nn.Module]:
+    """(head, tail) of a registry model cut after ``at``; ``tail(head(x)) == model(x)``."""
+    split = getattr(model, "split", None)
+    if split is None:
+        raise UnknownModelError(f"{type(model).__name__} offers no split points; build it with create_model")
+    head, tail = split(at)
+    return head, tail
