@@ -25,3 +25,7 @@ class InputError(VeilError):
 
 class SplitPointError(VeilError):
     """A split point that the model does not offer."""
+
+
+class TransformError(VeilError):
+    """A transform artifact that is missing, corrupt, or made for other base weights or shapes."""

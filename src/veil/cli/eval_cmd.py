@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
 
-from veil.cli.common import WeightsOpt, cli_detector, set_threads
+from veil.cli.common import WeightsOpt, parse_size, resolve_transform, resolve_weights, set_threads
+from veil.data import load_dataset
+from veil.data.labels import LabeledDataset
+from veil.detect import PostProcess
 from veil.errors import VeilError
+from veil.eval.report import write_json_atomic
+from veil.eval.runner import evaluate_draws, write_part
+from veil.pipeline import load_pipeline
 
 app = typer.Typer(help="Evaluate a detector on an FDDB or WIDER FACE folder.", invoke_without_command=True)
 
@@ -51,6 +58,20 @@ def eval_main(
     split: str | None = typer.Option(
         None, help="Split point (accuracy does not depend on it without noise)."
     ),
+    transform: Path | None = typer.Option(
+        None, "--transform", "-t", help="Transform directory: evaluate with noise."
+    ),
+    alpha: float | None = typer.Option(
+        None, help="Use the shipped transform with this ALPHA (reference design)."
+    ),
+    noisy: bool = typer.Option(
+        False, "--noisy", help="Reference-design flag: with --alpha, add noise (implied)."
+    ),
+    draws: int = typer.Option(0, help="Noise draws to average (default: 3 with a transform, 1 without)."),
+    shard_index: int | None = typer.Option(
+        None, help="This shard (default: $JOB_COMPLETION_INDEX, set by Kubernetes Indexed Jobs)."
+    ),
+    num_shards: int = typer.Option(1, help="Split the dataset's folds across this many shards."),
     verify: bool = typer.Option(False, help="Check the weights against SHA256SUMS."),
     threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
     quiet: bool = typer.Option(False, help="No progress bars."),
@@ -62,25 +83,58 @@ def eval_main(
         raise VeilError(
             "missing --dataset: pass an FDDB root (FDDB-folds/ + originalPics/) or a WIDER FACE root"
         )
-    from veil.data import load_dataset
-    from veil.eval.runner import evaluate, write_part
-
     set_threads(threads)
     data = load_dataset(dataset, folds=_parse_folds(folds), skip_missing=skip_missing)
     if data.missing:
         typer.echo(
             f"skipped {len(data.missing)} images with missing files (first: {data.missing[0]})", err=True
         )
-    detector = cli_detector(
-        weights, split=split, size=size, resize=resize, threshold=threshold, verify=verify
+    data = _shard(data, shard_index, num_shards)
+    transform = resolve_transform(transform, alpha)
+    fixed, factor = parse_size(size, resize)
+    detector = load_pipeline(
+        resolve_weights(weights),
+        transform,
+        split=split,
+        size=fixed,
+        resize=factor,
+        post=PostProcess(threshold=threshold),
+        verify=verify,
     )
-    result, preds = evaluate(
-        data, detector.detect, batch_size=batch_size, progress=not quiet, use_ignore=ignore_invalid
+    n = draws or (3 if transform is not None else 1)
+    if n > 1 and num_shards > 1:
+        raise VeilError("--draws > 1 cannot be combined with sharding: use --draws 1 for shards")
+    summary, preds = evaluate_draws(
+        data, detector.detect, draws=n, batch_size=batch_size, progress=not quiet, use_ignore=ignore_invalid
     )
-    _print_result(result, json_out)
+    _print_result(summary.mean, json_out)
+    if n > 1:
+        p = summary.pooled
+        typer.echo(
+            f"pooled AP over {n} noise draws: {p.mean():.4f} ± {p.std(ddof=1):.4f} (min {p.min():.4f})"
+        )
     if json_out is not None:
         meta = {"dataset": str(dataset), "weights": str(weights), "size": size, "resize": resize}
-        write_part(json_out, preds, result, meta)
+        meta["transform"] = None if transform is None else str(transform)
+        if n > 1:
+            write_json_atomic(json_out, summary.to_json() | {"meta": meta})
+        else:
+            write_part(json_out, preds, summary.mean, meta)
+
+
+def _shard(data: LabeledDataset, index: int | None, num_shards: int) -> LabeledDataset:
+    if num_shards < 1:
+        raise VeilError(f"--num-shards must be >= 1, got {num_shards}")
+    if num_shards == 1:
+        return data
+    if index is None:
+        env = os.environ.get("JOB_COMPLETION_INDEX")
+        if env is None:
+            raise VeilError("--num-shards > 1 needs --shard-index (or $JOB_COMPLETION_INDEX)")
+        index = int(env)
+    if not 0 <= index < num_shards:
+        raise VeilError(f"--shard-index must be in [0, {num_shards}), got {index}")
+    return data.shard(index, num_shards)
 
 
 @app.command("merge")
@@ -89,7 +143,6 @@ def merge(
     json_out: Path | None = typer.Option(None, "--json", help="Write the merged result as JSON."),
 ) -> None:
     """Merge sharded results; prints the same lines as an unsharded run."""
-    from veil.eval.report import write_json_atomic
     from veil.eval.runner import read_parts, summarize
 
     preds, seconds = read_parts(parts)

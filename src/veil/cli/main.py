@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from veil.cli import detect_cmd, eval_cmd
+from veil.cli import detect_cmd, eval_cmd, k8s_cmd
 from veil.errors import VeilError
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app = typer.Typer(
 )
 app.command("detect")(detect_cmd.detect)
 app.add_typer(eval_cmd.app, name="eval")
+app.add_typer(k8s_cmd.app, name="k8s")
 
 
 @app.command("models")

@@ -184,3 +184,61 @@ def read_parts(paths: Sequence[str | Path]) -> tuple[list[ImagePrediction], floa
             preds.append(ImagePrediction.from_json(d))
         seconds += float(data.get("seconds", 0.0))
     return preds, seconds
+
+
+@dataclass
+class DrawSummary:
+    """AP over several noise draws: the mean result plus the spread a user should expect."""
+
+    mean: EvalResult
+    per_draw: list[EvalResult]
+
+    @property
+    def pooled(self) -> np.ndarray:
+        return np.array([r.pooled_ap for r in self.per_draw])
+
+    def to_json(self) -> dict:
+        data = self.mean.to_json()
+        pooled = self.pooled
+        data["draws"] = {
+            "count": len(self.per_draw),
+            "pooled_ap": pooled.tolist(),
+            "pooled_ap_std": float(pooled.std(ddof=1)) if len(pooled) > 1 else 0.0,
+            "average_ap": [r.average_ap for r in self.per_draw],
+        }
+        return data
+
+
+def evaluate_draws(
+    dataset: LabeledDataset,
+    detect: DetectFn,
+    draws: int = 1,
+    batch_size: int = 1,
+    progress: bool = True,
+    use_ignore: bool = False,
+) -> tuple[DrawSummary, list[ImagePrediction]]:
+    """Run ``draws`` times (fresh noise each time) and average fold APs, pooled AP and ROC TPR."""
+    runs = []
+    first: list[ImagePrediction] = []
+    for _d in range(max(1, draws)):
+        result, preds = evaluate(dataset, detect, batch_size, progress, use_ignore)
+        runs.append(result)
+        first = first or preds
+    folds = {g: float(np.mean([r.folds[g] for r in runs])) for g in runs[0].folds}
+    average = fold_mean(folds)
+    roc = dict(runs[0].roc)
+    if roc:
+        roc["tpr_at_1000"] = {
+            k: float(np.mean([r.roc["tpr_at_1000"][k] for r in runs])) for k in roc["tpr_at_1000"]
+        }
+    mean = EvalResult(
+        folds=folds,
+        average_ap=average,
+        map=average,
+        pooled_ap=float(np.mean([r.pooled_ap for r in runs])),
+        roc=roc,
+        images=runs[0].images,
+        faces=runs[0].faces,
+        seconds=float(sum(r.seconds for r in runs)),
+    )
+    return DrawSummary(mean, runs), first

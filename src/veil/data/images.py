@@ -1,0 +1,82 @@
+"""Unlabeled training images and the augmentation that makes them look like scenes.
+
+LFW photos show one centred face each; a detector's noise must keep faces of every size and place.
+So training samples are mosaics: a k x k grid of photos (k random), which puts faces of many scales at
+many positions, mixed with random crops of real multi-face scenes when some are given.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from veil.imageio import list_images, load_image
+
+GRID_CHOICES = (1, 2, 3, 4, 5, 6)
+
+
+def _fit(img: Tensor, height: int, width: int) -> Tensor:
+    return F.interpolate(
+        img[None].float(), size=(height, width), mode="bilinear", antialias=True, align_corners=False
+    )[0]
+
+
+def mosaic(photos: Sequence[Tensor], grid: int, size: int, rng: random.Random) -> Tensor:
+    """``grid`` x ``grid`` tiles of random photos (jittered, some flipped) on a size x size canvas."""
+    canvas = torch.zeros(3, size, size)
+    cell = size // grid
+    for r in range(grid):
+        for c in range(grid):
+            img = photos[rng.randrange(len(photos))]
+            scale = rng.uniform(0.75, 1.0)
+            h = w = max(8, int(cell * scale))
+            tile = _fit(img, h, w)
+            if rng.random() < 0.5:
+                tile = tile.flip(-1)
+            y = r * cell + rng.randrange(cell - h + 1)
+            x = c * cell + rng.randrange(cell - w + 1)
+            canvas[:, y : y + h, x : x + w] = tile
+    return canvas.round().clamp(0, 255).to(torch.uint8)
+
+
+def scene_crop(img: Tensor, size: int, rng: random.Random) -> Tensor:
+    """A random crop (40-100% of the shorter side, some flipped) resized to size x size."""
+    _, h, w = img.shape
+    side = int(min(h, w) * rng.uniform(0.4, 1.0))
+    y, x = rng.randrange(h - side + 1), rng.randrange(w - side + 1)
+    crop = _fit(img[:, y : y + side, x : x + side], size, size)
+    if rng.random() < 0.5:
+        crop = crop.flip(-1)
+    return crop.round().clamp(0, 255).to(torch.uint8)
+
+
+def training_samples(
+    photo_dirs: Sequence[str | Path],
+    scene_dirs: Sequence[str | Path] = (),
+    count: int = 256,
+    size: int = 1024,
+    scene_fraction: float = 0.25,
+    seed: int = 0,
+    max_photos: int = 2000,
+) -> list[Tensor]:
+    """``count`` uint8 images (size x size): mosaics of photos, plus crops of scenes if given.
+
+    Deterministic for a given ``seed`` so a training run can be reproduced exactly.
+    """
+    rng = random.Random(seed)
+    photo_files = [p for d in photo_dirs for p in list_images(d)]
+    rng.shuffle(photo_files)
+    photos = [load_image(p) for p in photo_files[:max_photos]]
+    scenes = [load_image(p) for d in scene_dirs for p in list_images(d)]
+    out = []
+    for _ in range(count):
+        if scenes and rng.random() < scene_fraction:
+            out.append(scene_crop(scenes[rng.randrange(len(scenes))], size, rng))
+        else:
+            out.append(mosaic(photos, rng.choice(GRID_CHOICES), size, rng))
+    return out

@@ -1,0 +1,62 @@
+"""The client side, assembled: preprocess -> head -> noise (-> tail locally, or a server).
+
+``load_pipeline`` turns base weights plus an optional transform directory into a ready
+:class:`~veil.detect.Detector`, checking that the two belong together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from veil.artifact import Transform, load_transform
+from veil.detect import Detector, PostProcess
+from veil.errors import TransformError
+from veil.models import create_model, get_spec, split_model
+
+
+def load_pipeline(
+    weights: str | Path,
+    transform: str | Path | Transform | None = None,
+    *,
+    model: str = "faceboxes",
+    split: str | None = None,
+    size: tuple[int, int] | None = (1024, 1024),
+    resize: float = 1.0,
+    post: PostProcess | None = None,
+    device: str = "cpu",
+    verify: bool = False,
+) -> Detector:
+    """A detector for ``weights``; with ``transform``, its noise and (if trained) its tail are used."""
+    spec = get_spec(model)
+    net = create_model(model, weights, verify=verify)
+    tr = load_transform(transform, weights) if isinstance(transform, str | Path) else transform
+    if tr is not None:
+        if tr.meta.get("model", model) != spec.name:
+            raise TransformError(f"transform is for model {tr.meta.get('model')!r}, not {spec.name!r}")
+        if split is not None and split != tr.split:
+            raise TransformError(
+                f"transform was trained at split {tr.split!r}; drop --split or use {tr.split!r}"
+            )
+        split = tr.split
+        trained = tuple(tr.meta.get("input_size", (1024, 1024)))
+        if tr.noise.granularity == "element" and size != trained:
+            raise TransformError(
+                f"this per-element transform was trained at input size {trained}: use --size {trained[0]}"
+            )
+    net = net.to(device).to(memory_format=torch.channels_last)
+    head, tail = split_model(net, split or spec.default_split)
+    noise = None
+    if tr is not None:
+        if tr.tail_state is not None:
+            try:
+                tail.load_state_dict(tr.tail_state, strict=True)
+            except RuntimeError as exc:
+                raise TransformError(
+                    f"transform's tail weights do not fit: {str(exc).splitlines()[0]}"
+                ) from None
+        noise = tr.noise.to(device)
+    return Detector(
+        head, tail, noise=noise, size=size, resize=resize, post=post, mean_bgr=spec.mean_bgr, device=device
+    )
