@@ -29,3 +29,7 @@ class SplitPointError(VeilError):
 
 class TransformError(VeilError):
     """A transform artifact that is missing, corrupt, or made for other base weights or shapes."""
+
+
+class ServingError(VeilError):
+    """The Triton side: exporting, starting or reaching a server, or a request it refused."""

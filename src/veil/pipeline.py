@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -22,13 +23,16 @@ def load_pipeline(
     *,
     model: str = "faceboxes",
     split: str | None = None,
-    size: tuple[int, int] | None = (1024, 1024),
+    size: tuple[int, int] | Literal["auto"] | None = "auto",
     resize: float = 1.0,
     post: PostProcess | None = None,
     device: str = "cpu",
     verify: bool = False,
 ) -> Detector:
-    """A detector for ``weights``; with ``transform``, its noise and (if trained) its tail are used."""
+    """A detector for ``weights``; with ``transform``, its noise and (if trained) its tail are used.
+
+    ``size="auto"`` picks the transform's training input size, else the model's reference size.
+    """
     spec = get_spec(model)
     net = create_model(model, weights, verify=verify)
     tr = load_transform(transform, weights) if isinstance(transform, str | Path) else transform
@@ -40,11 +44,14 @@ def load_pipeline(
                 f"transform was trained at split {tr.split!r}; drop --split or use {tr.split!r}"
             )
         split = tr.split
-        trained = tuple(tr.meta.get("input_size", (1024, 1024)))
+        trained = tuple(tr.meta.get("input_size", spec.input_size))
+        size = trained if size == "auto" else size
         if tr.noise.granularity == "element" and size != trained:
             raise TransformError(
                 f"this per-element transform was trained at input size {trained}: use --size {trained[0]}"
             )
+    if size == "auto":
+        size = spec.input_size
     net = net.to(device).to(memory_format=torch.channels_last)
     head, tail = split_model(net, split or spec.default_split)
     noise = None

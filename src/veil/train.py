@@ -86,11 +86,11 @@ def distillation_loss(loc: Tensor, conf: Tensor, t_prob: Tensor, t_loc: Tensor) 
     t = t_prob.clamp(1e-6, 1 - 1e-6)
     # KL(teacher || student) per anchor: zero when the noisy model agrees with the clean one
     ce = t * (t.log() - log_p[..., 1]) + (1 - t) * ((1 - t).log() - log_p[..., 0])
-    pos = t_prob > 0.2
+    pos = t_prob > 0.05  # every anchor that could become a detection at the evaluation threshold
     if bool(pos.any()):
         w = t_prob[pos]
         box = (F.smooth_l1_loss(loc[pos], t_loc[pos], reduction="none").sum(-1) * w).sum() / w.sum()
-        return ce.mean() + ce[pos].mean() + box
+        return ce.mean() + (ce[pos] * w).sum() / w.sum() + box
     return ce.mean()
 
 
@@ -126,8 +126,14 @@ def _save_checkpoint(path: Path, step: int, module: _Trainable, opt: torch.optim
     os.replace(tmp, path)
 
 
-def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Train a transform and write it to ``out``; returns its final metrics."""
+def train(
+    cfg: TrainConfig, out: str | Path, progress: bool = True, stop_after: int | None = None
+) -> dict[str, Any]:
+    """Train a transform and write it to ``out``; returns its final metrics.
+
+    Progress is checkpointed beside ``out``; a rerun resumes there. ``stop_after`` ends this run early
+    at that step (leaving only the checkpoint), e.g. to fit a time-boxed job.
+    """
     from veil.data.images import training_samples
 
     rank, world = _dist_info()
@@ -142,6 +148,10 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict[str,
     images = images[rank::world]
     cache = build_cache(head, tail, images, cfg.input_size, progress=progress and rank == 0)
     act_std = float(cache.activations.std())
+    if world > 1:  # every rank must build the same noise (same smax), or DDP replicas diverge
+        std = torch.tensor([act_std])
+        dist.all_reduce(std)
+        act_std = float(std) / world
     noise = NoiseTransform(
         tuple(cache.activations.shape[1:]),
         smin=0.0,
@@ -166,7 +176,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict[str,
         module.load_state_dict(state["module"])
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
-    log_path = work / "train_log.csv"
+    log_path = work / ("train_log.csv" if rank == 0 else f"train_log.rank{rank}.csv")
     log_file = log_path.open("a", newline="")
     log = csv.writer(log_file)
     if start == 0:
@@ -188,13 +198,17 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict[str,
             sigma = float(noise.sigma().detach().mean())
             log.writerow([step + 1, loss.item(), task.item(), priv.item(), sigma])
             log_file.flush()
-            bar.set_postfix(loss=f"{float(loss):.3f}", task=f"{float(task):.3f}", sigma=f"{sigma:.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", task=f"{task.item():.3f}", sigma=f"{sigma:.3f}")
             if rank == 0:
                 _save_checkpoint(ckpt, step + 1, module, opt)
+        if stop_after is not None and step + 1 >= stop_after:
+            log_file.close()
+            return {"stopped_at": step + 1}
     log_file.close()
     noise.suppress_above(cfg.suppress_factor * noise.smax)
     metrics = _final_metrics(noise, tail, cache)
     metrics["train_seconds"] = time.perf_counter() - t0
+    metrics["rank"] = rank
     if rank == 0:
         meta = {
             "model": cfg.model,
@@ -212,9 +226,14 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict[str,
         save_transform(out, noise, meta, tail_state=tail_state)
         os.replace(log_path, out / "train_log.csv")
         ckpt.unlink(missing_ok=True)
-        work.rmdir() if not any(work.iterdir()) else None
     if world > 1:
         dist.barrier()
+    if rank > 0:
+        log_path.unlink(missing_ok=True)
+    if world > 1:
+        dist.barrier()
+    if rank == 0 and work.is_dir() and not any(work.iterdir()):
+        work.rmdir()
     return metrics
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import torch
 import typer
@@ -31,12 +32,17 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def parse_size(size: int, resize: float | None) -> tuple[tuple[int, int] | None, float]:
-    """``--resize`` keeps the image's own scale times the factor; otherwise a fixed square ``--size``."""
+def parse_size(
+    size: int | None, resize: float | None
+) -> tuple[tuple[int, int] | Literal["auto"] | None, float]:
+    """``--resize`` keeps the image's own scale times the factor; ``--size`` fixes a square input;
+    neither means "auto": the transform's training size, else the model's reference size (1024)."""
     if resize is not None:
         if resize <= 0:
             raise VeilError(f"--resize must be > 0, got {resize}")
         return None, resize
+    if size is None:
+        return "auto", 1.0
     if size < 32 or size % 32:
         raise VeilError(f"--size must be a positive multiple of 32, got {size}")
     return (size, size), 1.0
@@ -47,7 +53,7 @@ def cli_detector(
     *,
     model: str = "faceboxes",
     split: str | None = None,
-    size: int = 1024,
+    size: int | None = None,
     resize: float | None = None,
     threshold: float = 0.05,
     verify: bool = False,
@@ -55,6 +61,8 @@ def cli_detector(
 ) -> Detector:
     """A local clean detector from CLI options."""
     fixed, factor = parse_size(size, resize)
+    if fixed == "auto":
+        fixed = (1024, 1024)
     return build_detector(
         resolve_weights(weights),
         model=model,

@@ -15,7 +15,7 @@ def detect(
     images: list[Path] = typer.Argument(..., help="Image files.", show_default=False),
     weights: Path | None = WeightsOpt,
     out: Path = typer.Option(Path("detections"), "--out", "-o", help="Output folder."),
-    size: int = typer.Option(1024, help="Fixed square input size (multiple of 32)."),
+    size: int | None = typer.Option(None, help="Fixed square input size [default: 1024]."),
     resize: float | None = typer.Option(None, help="Keep each image's scale times this factor instead."),
     threshold: float = typer.Option(0.5, help="Score threshold for reported boxes."),
     threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),

@@ -46,7 +46,9 @@ def eval_main(
     dataset: Path | None = typer.Option(None, "--dataset", "-d", help="FDDB or WIDER FACE root folder."),
     weights: Path | None = WeightsOpt,
     folds: str | None = typer.Option(None, help="FDDB folds to use, e.g. 1,6 (default: all present)."),
-    size: int = typer.Option(1024, help="Fixed square input size (the reference design's 1024)."),
+    size: int | None = typer.Option(
+        None, help="Fixed square input size [default: 1024, or the transform's]."
+    ),
     resize: float | None = typer.Option(None, help="Keep each image's scale times this factor instead."),
     threshold: float = typer.Option(0.05, help="Score threshold before NMS."),
     batch_size: int = typer.Option(1, help="Images per forward pass."),

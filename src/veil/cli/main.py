@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from veil.cli import detect_cmd, eval_cmd, k8s_cmd
+from veil.cli import audit_cmd, detect_cmd, eval_cmd, export_cmd, k8s_cmd, serve_cmd, train_cmd
 from veil.errors import VeilError
 
 app = typer.Typer(
@@ -17,7 +17,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("detect")(detect_cmd.detect)
+app.command("audit")(audit_cmd.audit)
+app.command("train")(train_cmd.train)
+app.command("sweep")(train_cmd.sweep)
 app.add_typer(eval_cmd.app, name="eval")
+app.command("serve")(serve_cmd.serve)
+app.add_typer(export_cmd.app, name="export")
 app.add_typer(k8s_cmd.app, name="k8s")
 
 
@@ -34,21 +39,14 @@ def models() -> None:
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     try:
-        app(standalone_mode=False)
+        app()  # standalone mode: usage errors are printed by the CLI library itself
     except VeilError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,359 @@
+"""The privacy audit: what can someone who receives the released tensors recover?
+
+``run_audit`` trains the reconstruction attacker (and the linkage verifier) against clean activations and
+against each transform, measures them on held-out images and writes the report. The pieces are usable
+on their own, e.g. from a notebook: ``reconstruct(released, attacker)`` shows what leaves the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from veil.artifact import Transform, load_transform
+from veil.audit.attack import (
+    ARCHITECTURE,
+    AttackConfig,
+    Attacker,
+    Decoder,
+    ImageSet,
+    NoiseSpec,
+    adapt_attacker,
+    decode,
+    head_activations,
+    reconstruct,
+    score,
+    train_attacker,
+)
+from veil.audit.linkage import LinkageConfig, linkage_auc, train_verifier
+from veil.audit.metrics import batched_dcor, distance_correlation, psnr, roc_auc, ssim, to_unit
+from veil.audit.report import AuditResult, TargetResult, write_report
+from veil.errors import InputError
+from veil.imageio import atomic_write_bytes, list_images
+from veil.models import create_model, split_model
+from veil.noise import snr_db
+
+__all__ = [
+    "AttackConfig",
+    "Attacker",
+    "AuditResult",
+    "Decoder",
+    "LinkageConfig",
+    "NoiseSpec",
+    "adapt_attacker",
+    "distance_correlation",
+    "load_attacker",
+    "psnr",
+    "reconstruct",
+    "roc_auc",
+    "run_audit",
+    "save_attacker",
+    "ssim",
+    "train_attacker",
+]
+
+SHOW = 8  # images per row in reconstructions.png
+
+
+@dataclass
+class _Target:
+    """One configuration to attack: the clean head at (split, size), or a transform."""
+
+    name: str
+    split: str
+    size: int
+    transform: Transform | None = None
+
+
+def _audit_size(tr: Transform, size: int | None) -> int:
+    own = int(tr.meta.get("input_size", [0])[0])
+    if size is None or size == own:
+        return own
+    if tr.noise.granularity == "element":
+        raise InputError(
+            f"{tr.path}: a per-element transform is tied to its input size {own}; audit it at --size {own} "
+            "(or omit --size)"
+        )
+    return size
+
+
+def _sweep_rows(sweep: Path | None) -> list[dict[str, Any]]:
+    if sweep is None:
+        return []
+    try:
+        rows = json.loads(Path(sweep).read_text())["rows"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise InputError(f"{sweep}: not a sweep.json written by `veil sweep` ({exc})") from None
+    return [r for r in rows if r.get("alpha") is not None]
+
+
+def _join_sweep(rows: list[dict[str, Any]], tr: Transform) -> dict[str, Any] | None:
+    """The sweep row of this transform: same directory, else the only row with its alpha."""
+    for r in rows:
+        if r.get("transform") and tr.path and Path(r["transform"]).resolve() == tr.path.resolve():
+            return r
+    same = [r for r in rows if math.isclose(float(r["alpha"]), tr.alpha)]
+    return same[0] if len(same) == 1 else None
+
+
+def _released(clean: Tensor, spec: NoiseSpec | None, seed: int, k: int = 1) -> Tensor:
+    return clean if spec is None else spec.draw(clean, torch.Generator().manual_seed(seed), k)
+
+
+def _measure(
+    attackers: dict[int, list[Attacker]],
+    acts: Tensor,
+    images: ImageSet,
+    spec: NoiseSpec | None,
+    cfg: AttackConfig,
+) -> dict[str, Any]:
+    """SSIM/PSNR per K (best of the K=1 decoder and the K-adapted one), SNR and dCor for one eval set."""
+    out: dict[str, Any] = {"ssim": {}, "psnr": {}, "ssim_k1_decoder": {}}
+    for k in cfg.ks:
+        if spec is None and k > 1:  # nothing to average: every release is the same tensor
+            out["ssim"][str(k)], out["psnr"][str(k)] = out["ssim"]["1"], out["psnr"]["1"]
+            continue
+        best: tuple[float, float] | None = None
+        for attacker in attackers.get(k, []) + attackers[1]:
+            s, p = score(attacker, acts, images.targets, k=k, seed=cfg.seed + 101 * k)
+            if attacker.k == 1:
+                out["ssim_k1_decoder"][str(k)] = float(s.mean())
+            if best is None or float(s.mean()) > best[0]:
+                best = (float(s.mean()), float(p.mean()))
+        assert best is not None
+        out["ssim"][str(k)], out["psnr"][str(k)] = best
+    released = _released(acts, spec, cfg.seed + 5)
+    out["snr_db"] = None if spec is None else snr_db(acts, released)
+    out["dcor"] = batched_dcor(to_unit(images.targets), released, seed=cfg.seed)
+    out["images"] = len(images.paths)
+    return out
+
+
+def _floor(aux: ImageSet, sets: dict[str, ImageSet]) -> dict[str, dict[str, float]]:
+    """What predicting the mean auxiliary image scores on each evaluation set."""
+    mean = to_unit(aux.targets).mean(0, keepdim=True)
+    out = {}
+    for name, s in sets.items():
+        ref = to_unit(s.targets)
+        guess = mean.expand_as(ref)
+        out[name] = {
+            "ssim": float(ssim(guess, ref).mean()),
+            "psnr": float(psnr(guess, ref).mean()),
+            "images": float(len(s.paths)),
+        }
+    return out
+
+
+def _set_name(path: Path, taken: set[str]) -> str:
+    name = path.name if path.parent.name in ("", ".") else f"{path.parent.name}/{path.name}"
+    while name in taken:
+        name += "'"
+    taken.add(name)
+    return name
+
+
+def run_audit(
+    weights: str | Path,
+    transforms: Sequence[str | Path],
+    aux: str | Path,
+    evals: Sequence[str | Path],
+    out: str | Path,
+    cfg: AttackConfig | None = None,
+    link_cfg: LinkageConfig | None = None,
+    sweep: str | Path | None = None,
+    clean_splits: Sequence[str] = ("rdcl",),
+    size: int | None = None,
+    model_name: str = "faceboxes",
+    max_eval: int | None = None,
+    progress: bool = True,
+) -> AuditResult:
+    """Attack clean activations and every transform; write report.md, metrics.json and the figures."""
+    cfg = cfg or AttackConfig()
+    if 1 not in cfg.ks or any(k < 1 for k in cfg.ks):
+        raise InputError(f"AttackConfig.ks must contain 1 and only positive counts, got {cfg.ks}")
+    cfg.ks = tuple(sorted(set(cfg.ks)))
+    link_cfg = link_cfg or LinkageConfig(seed=cfg.seed)
+    out = Path(out)
+    model = create_model(model_name, weights)
+    loaded = [load_transform(t, weights) for t in transforms]
+    targets: list[_Target] = []
+    sizes = sorted({_audit_size(t, size) for t in loaded}) or [size or cfg.input_size]
+    for split in clean_splits:
+        targets += [_Target(f"clean {split} @{s}", split, s) for s in sizes]
+    for tr in loaded:
+        s = _audit_size(tr, size)
+        if not any(t.transform is None and t.split == tr.split and t.size == s for t in targets):
+            targets.append(_Target(f"clean {tr.split} @{s}", tr.split, s))
+    for tr in loaded:
+        name = tr.path.name if tr.path else f"alpha {tr.alpha:g}"
+        targets.append(_Target(name, tr.split, _audit_size(tr, size), tr))
+
+    aux_paths = list_images(aux)[: cfg.max_images]
+    aux_set = ImageSet.load(aux_paths, cfg.output_size, "aux")
+    taken: set[str] = set()
+    sets = {}
+    for d in evals:
+        paths = list_images(d)[:max_eval]
+        name = _set_name(Path(d), taken)
+        sets[name] = ImageSet.load(paths, cfg.output_size, name)
+    floor = _floor(aux_set, sets)
+    heads: dict[str, nn.Module] = {}
+    cache: dict[tuple[str, int, str], Tensor] = {}
+
+    def acts(split: str, s: int, which: str) -> Tensor:
+        key = (split, s, which)
+        if key not in cache:
+            if split not in heads:
+                heads[split] = split_model(model, split)[0].eval()
+            images = aux_set.images if which == "aux" else sets[which].images
+            cache[key] = head_activations(
+                heads[split], images, s, desc=f"head {split} @{s} ({which})", progress=progress
+            )
+        return cache[key]
+
+    notes: list[str] = []
+    results: list[TargetResult] = []
+    recon_rows: list[tuple[str, Tensor]] = []
+    primary = next(iter(sets), None)
+    if primary is not None:
+        recon_rows.append(("original", sets[primary].targets[:SHOW]))
+    (out / "attackers").mkdir(parents=True, exist_ok=True)
+    for target in tqdm(targets, desc="audit", disable=not progress):
+        a = acts(target.split, target.size, "aux")
+        spec = NoiseSpec.of(target.transform.noise, a.shape[1:]) if target.transform else None
+        attacker = train_attacker(
+            a, aux_set.targets, aux_set.paths, spec, cfg, f"attack {target.name}", progress
+        )
+        attackers: dict[int, list[Attacker]] = {1: [attacker]}
+        adapt_curves = {}
+        if spec is not None and cfg.adapt_steps > 0:
+            for k in (k for k in cfg.ks if k > 1):
+                adapted = adapt_attacker(attacker, k, a, aux_set.targets, aux_set.paths, cfg, progress)
+                attackers[k] = [adapted]
+                adapt_curves[str(k)] = adapted.curve
+        save_attacker(attacker, out / "attackers" / f"{_slug(target.name)}.safetensors")
+        verifier = train_verifier(a, aux_set.paths, spec, link_cfg, f"verifier {target.name}", progress)
+        res = TargetResult(
+            name=target.name,
+            kind="transform" if target.transform else "clean",
+            split=target.split,
+            input_size=target.size,
+        )
+        if target.transform is not None:
+            tr = target.transform
+            res.alpha, res.granularity = tr.alpha, tr.noise.granularity
+            res.transform, res.mean_sigma = str(tr.path), float(tr.noise.mean_sigma())
+            row = _join_sweep(_sweep_rows(Path(sweep) if sweep else None), tr)
+            if row is not None:
+                res.ap, res.ap_retained = float(row["ap"]), float(row["retained"])
+            own = int(tr.meta.get("input_size", [target.size])[0])
+            if own != target.size:
+                notes.append(
+                    f"{target.name}: per-channel transform trained at {own}² audited at {target.size}² "
+                    "(cheaper proxy; audit at its own size for the release numbers)."
+                )
+        for name, image_set in sets.items():
+            e = acts(target.split, target.size, name)
+            res.sets[name] = _measure(attackers, e, image_set, spec, cfg)
+            link = linkage_auc(verifier, e, image_set.paths, spec, seed=cfg.seed + 11)
+            if link is not None:
+                res.linkage[name] = link
+        res.training = {
+            "curve": attacker.curve,
+            "best_step": attacker.best_step,
+            "best_val_ssim": attacker.best_val_ssim,
+            "plateau_gain": attacker.plateau_gain,
+            "converged": attacker.converged,
+            "adapt_curves": adapt_curves,
+        }
+        if not attacker.converged:
+            notes.append(
+                f"{target.name}: the attacker's validation SSIM still rose by "
+                f"{attacker.plateau_gain:.3f} in the last quarter of training; raise --steps."
+            )
+        if primary is not None:
+            e = acts(target.split, target.size, primary)[:SHOW]
+            recon = decode(attacker.decoder, _released(e, spec, cfg.seed + 101))
+            label = target.name if target.transform is None else f"{target.name} (α={res.alpha:g})"
+            recon_rows.append((label, (recon * 255).round().to(torch.uint8)))
+        results.append(res)
+        if progress:
+            tqdm.write(_summary(res, primary))
+    config = asdict(cfg) | {
+        "architecture": ARCHITECTURE,
+        "aux": str(aux),
+        "aux_images": len(aux_paths),
+        "linkage_steps": link_cfg.steps,
+        "model": model_name,
+        "weights": str(weights),
+        "sweep": str(sweep) if sweep else None,
+    }
+    result = AuditResult(config=config, floor=floor, targets=results, eval_sets=list(sets), notes=notes)
+    write_report(result, out, recon_rows)
+    return result
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _summary(res: TargetResult, primary: str | None) -> str:
+    if primary is None or primary not in res.sets:
+        return res.name
+    m = res.sets[primary]
+    ssims = " ".join(f"K={k}:{v:.3f}" for k, v in m["ssim"].items())
+    return f"{res.name}: SSIM {ssims} on {primary}"
+
+
+def save_attacker(attacker: Attacker, path: str | Path) -> Path:
+    """Store a trained attacker (decoder weights + its noise distribution) as safetensors, atomically."""
+    from safetensors.torch import save as save_bytes
+
+    tensors = {f"decoder.{k}": v.detach().contiguous() for k, v in attacker.decoder.state_dict().items()}
+    if attacker.noise is not None:
+        tensors |= {
+            "noise.mu": attacker.noise.mu,
+            "noise.sigma": attacker.noise.sigma,
+            "noise.keep": attacker.noise.keep.to(torch.uint8),
+        }
+    d = attacker.decoder
+    meta = {
+        "architecture": ARCHITECTURE,
+        "in_channels": d.in_channels,
+        "in_size": d.in_size,
+        "out_size": d.out_size,
+        "width": d.width,
+        "k": attacker.k,
+    }
+    path = Path(path)
+    atomic_write_bytes(
+        path, save_bytes({k: v.contiguous() for k, v in tensors.items()}, metadata={"veil": json.dumps(meta)})
+    )
+    return path
+
+
+def load_attacker(path: str | Path) -> Attacker:
+    """Load an attacker written by :func:`save_attacker` (data only, nothing executable)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads((fh.metadata() or {}).get("veil", "{}"))
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    if meta.get("architecture") != ARCHITECTURE:
+        raise InputError(f"{path}: not a {ARCHITECTURE} attacker")
+    decoder = Decoder(meta["in_channels"], meta["in_size"], meta["out_size"], meta["width"])
+    decoder.load_state_dict(
+        {k.removeprefix("decoder."): v for k, v in tensors.items() if k.startswith("decoder.")}
+    )
+    noise = None
+    if "noise.mu" in tensors:
+        noise = NoiseSpec(tensors["noise.mu"], tensors["noise.sigma"], tensors["noise.keep"].bool())
+    return Attacker(decoder.eval(), noise, k=int(meta.get("k", 1)))

@@ -1,0 +1,58 @@
+"""``veil export triton``: the Triton model repository a user deploys on their own server."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import typer
+
+from veil.cli.common import WeightsOpt, resolve_weights
+
+app = typer.Typer(help="Export veil's tails for deployment.", no_args_is_help=True)
+
+
+def export_triton(
+    weights: Path,
+    out: Path,
+    *,
+    gpu: bool = False,
+    max_batch_size: int = 8,
+    instances: int = 1,
+    overwrite: bool = False,
+    tail_state_dict: Mapping[str, torch.Tensor] | None = None,
+) -> None:
+    """The command's body, callable with a noise-trained tail (``tail_state_dict``) for the noisy model."""
+    from veil.serve.export import build_tails, export_triton_repository
+
+    base, noisy = build_tails(weights, tail_state_dict=tail_state_dict)
+    result = export_triton_repository(
+        out, base, noisy, gpu=gpu, max_batch_size=max_batch_size, instances=instances, overwrite=overwrite
+    )
+    kind = "KIND_GPU" if gpu else "KIND_CPU"
+    for name, diff in result.max_abs_diff.items():
+        typer.echo(f"{name}: TorchScript matches the PyTorch tail (max abs diff {diff:.2g}), {kind}")
+    if tail_state_dict is None:
+        typer.echo("note: no noise-trained tail given: face_detection_noisy carries the base weights")
+    typer.echo(f"model repository -> {result.path}")
+
+
+@app.command("triton")
+def triton(
+    weights: Path | None = WeightsOpt,
+    out: Path = typer.Option(Path("model_repository"), "--out", "-o", help="Repository folder to create."),
+    gpu: bool = typer.Option(False, "--gpu/--cpu", help="instance_group KIND_GPU instead of KIND_CPU."),
+    max_batch_size: int = typer.Option(8, help="max_batch_size of both models (dynamic batching)."),
+    instances: int = typer.Option(1, help="Model instances per model (instance_group count)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing repository (atomically)."),
+) -> None:
+    """Write face_detection_base and face_detection_noisy (TorchScript, pytorch_libtorch) for Triton."""
+    export_triton(
+        resolve_weights(weights),
+        out,
+        gpu=gpu,
+        max_batch_size=max_batch_size,
+        instances=instances,
+        overwrite=overwrite,
+    )

@@ -1,0 +1,114 @@
+"""``veil serve``: a real Triton server (embedded via PyTriton) running the tail on this machine."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import typer
+
+from veil.cli.common import resolve_weights, set_threads
+from veil.errors import VeilError
+
+
+def run_server(
+    *,
+    model_repository: Path | None = None,
+    weights: Path | None = None,
+    tail_state_dict: Mapping[str, torch.Tensor] | None = None,
+    host: str = "127.0.0.1",
+    http_port: int = 8000,
+    grpc_port: int = 8001,
+    metrics_port: int = 8002,
+    max_batch_size: int = 8,
+    instances: int = 1,
+    access_token: str | None = None,
+    no_auth: bool = False,
+    triton_log: Path | None = None,
+    device: str = "cpu",
+) -> None:
+    """The command's body: serve until SIGINT/SIGTERM. ``tail_state_dict`` = the noise-trained tail."""
+    from veil.serve.server import ServerConfig, VeilServer
+
+    if model_repository is not None and (weights is not None or tail_state_dict is not None):
+        raise VeilError("give either --model-repository or --weights (with its transform), not both")
+    config = ServerConfig(
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        max_batch_size=max_batch_size,
+        instances=instances,
+        access_token=access_token,
+        restrict=not no_auth,
+        log_file=triton_log,
+    )
+    if model_repository is not None:
+        server = VeilServer.from_repository(model_repository, config, device=device)
+        source = f"TorchScript tails from {model_repository}"
+    else:
+        server = VeilServer.from_weights(
+            resolve_weights(weights), tail_state_dict=tail_state_dict, config=config, device=device
+        )
+        source = "tails from " + str(resolve_weights(weights))
+        if tail_state_dict is None:
+            source += " (no noise-trained tail: face_detection_noisy serves the base weights)"
+
+    def ready(srv: VeilServer) -> None:
+        ep = srv.endpoints
+        typer.echo("Server endpoints:")
+        for line in ep.lines():
+            typer.echo(line)
+        typer.echo(f"models: {', '.join(srv.runners)}; {source}")
+        if no_auth:
+            typer.echo("access token: none (restricted endpoints are open: --no-auth)")
+        elif access_token:
+            typer.echo("access token: as given (header triton-access-token)")
+        else:
+            typer.echo(f"access token (header triton-access-token, for statistics etc.): {ep.access_token}")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            typer.echo(f"warning: listening on {host}: reachable from other machines", err=True)
+        typer.echo("serving; Ctrl+C or SIGTERM stops", err=True)
+
+    server.serve_forever(on_ready=ready)
+    typer.echo("stopped", err=True)
+
+
+def serve(
+    model_repository: Path | None = typer.Option(
+        None, "--model-repository", help="Serve an exported repository (veil export triton)."
+    ),
+    weights: Path | None = typer.Option(
+        None, "--weights", "-w", help="Serve tails built from this checkpoint; default: $VEIL_WEIGHTS."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 exposes the server)."),
+    http_port: int = typer.Option(8000, help="HTTP port."),
+    grpc_port: int = typer.Option(8001, help="gRPC port."),
+    metrics_port: int = typer.Option(8002, help="Prometheus metrics port."),
+    max_batch_size: int = typer.Option(8, help="Largest batch the dynamic batcher forms."),
+    instances: int = typer.Option(1, help="Model instances per tail (each runs in its own thread)."),
+    access_token: str | None = typer.Option(
+        None, envvar="VEIL_ACCESS_TOKEN", help="Token for restricted endpoints (default: generated)."
+    ),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Leave restricted endpoints open."),
+    triton_log: Path | None = typer.Option(None, help="Write Triton's own log to this file."),
+    threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
+    device: str = typer.Option("cpu", help="Device for the tails (cpu, cuda)."),
+) -> None:
+    """Start Triton serving face_detection_base and face_detection_noisy until Ctrl+C."""
+    set_threads(threads)
+    run_server(
+        model_repository=model_repository,
+        weights=weights,
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        max_batch_size=max_batch_size,
+        instances=instances,
+        access_token=access_token,
+        no_auth=no_auth,
+        triton_log=triton_log,
+        device=device,
+    )

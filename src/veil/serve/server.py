@@ -1,0 +1,369 @@
+"""An embedded NVIDIA Triton server (PyTriton) that runs the tail on whatever activations arrive.
+
+PyTriton starts the real ``tritonserver`` binary shipped in its wheel; our tails run in this process
+behind Triton's Python backend, with Triton's dynamic batcher in front. Hardening on top of PyTriton:
+
+* ``LD_LIBRARY_PATH`` gets this interpreter's libpython folder before the server starts: the backend
+  stub links against libpython and, without it, dies with ``_thread.RLock has no attribute
+  _recursion_count`` on pyenv-style installs.
+* Triton's frontend rejects wrong names, dtypes, shapes, sizes and oversize batches (HTTP 400 /
+  gRPC INVALID_ARGUMENT). NaN/Inf values are rejected per request inside the backend stub
+  (:data:`veil.serve.validate.STUB_VALIDATION_SOURCE`), so a bad request never fails a good one
+  batched with it; the callable checks again before any tensor reaches PyTorch.
+* Restricted endpoints (statistics, model repository, shared memory, trace, logging) need the
+  ``triton-access-token`` header; the server binds 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import socket
+import sysconfig
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from veil.errors import InputError, ServingError
+from veil.serve.export import ScoresTail, build_tails, load_repository
+from veil.serve.validate import (
+    ACTIVATION_DIMS,
+    BASE_MODEL,
+    INPUT_NAME,
+    LOC_DIMS,
+    LOC_NAME,
+    MAX_BATCH_SIZE,
+    NOISY_MODEL,
+    SCORES_DIMS,
+    SCORES_NAME,
+    STUB_VALIDATION_SOURCE,
+    check_activation,
+)
+
+#: Called with (model name, activation batch of one request) for every request that reached a tail.
+RequestHook = Callable[[str, np.ndarray], None]
+
+
+def ensure_libpython_on_ld_path() -> str:
+    """Put this interpreter's libpython folder first on ``LD_LIBRARY_PATH`` (the stub needs it)."""
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    parts = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    if libdir and libdir not in parts:
+        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *parts])
+    return libdir
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where and how to serve. ``access_token=None`` generates one (PyTriton 0.7 behaviour)."""
+
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    max_batch_size: int = MAX_BATCH_SIZE
+    max_queue_delay_us: int = 500
+    #: Model instances per tail (PyTriton runs each in its own thread; useful with 1 torch thread each).
+    instances: int = 1
+    access_token: str | None = None
+    restrict: bool = True
+    log_verbose: int = 0
+    #: Triton's own log goes here instead of this process's stdout when set.
+    log_file: Path | None = None
+    #: On shutdown, how long Triton waits for in-flight requests and idle keep-alive connections.
+    exit_timeout_s: int = 5
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """What a client needs: the three URLs (host:port, as tritonclient takes them) and the token."""
+
+    http: str
+    grpc: str
+    metrics: str
+    access_token: str | None
+
+    def lines(self) -> list[str]:
+        """The reference design's endpoint listing."""
+        return [f"http: {self.http}", f"grpc: {self.grpc}", f"metrics: {self.metrics}/metrics"]
+
+
+def _url_host(host: str) -> str:
+    """A connectable host for a bind address (0.0.0.0 / :: mean 'all', reached via loopback)."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _channels_last(tail: nn.Module) -> nn.Module:
+    """A copy in the layout CPU convolutions are fastest in (the caller's module is left alone)."""
+    return copy.deepcopy(tail).eval().to(memory_format=torch.channels_last)
+
+
+class _TailRunner:
+    """The PyTriton callable for one tail: batch the requests, run the tail, split the outputs."""
+
+    def __init__(
+        self, name: str, tail: nn.Module, device: torch.device, max_batch: int, hook: RequestHook | None
+    ) -> None:
+        self.name, self.tail, self.device, self.max_batch, self.hook = name, tail, device, max_batch, hook
+
+    def __call__(self, requests: list[Any]) -> list[dict[str, np.ndarray]]:
+        arrays = []
+        for req in requests:
+            x = req[INPUT_NAME]
+            try:
+                check_activation(x, self.max_batch)
+            except InputError as exc:  # normally stopped earlier by Triton or the stub
+                raise ServingError(str(exc)) from None
+            if self.hook is not None:
+                self.hook(self.name, x)
+            arrays.append(x)
+        # one copy out of PyTriton's (read-only) shared memory, straight into the fast layout
+        x = (
+            torch.from_numpy(np.concatenate(arrays))
+            .to(self.device)
+            .contiguous(memory_format=torch.channels_last)
+        )
+        with torch.inference_mode():
+            loc, scores = self.tail(x)
+        loc_np, scores_np = loc.float().cpu().numpy(), scores.float().cpu().numpy()
+        out, start = [], 0
+        for a in arrays:
+            end = start + a.shape[0]
+            out.append({LOC_NAME: loc_np[start:end], SCORES_NAME: scores_np[start:end]})
+            start = end
+        return out
+
+
+class VeilServer:
+    """Serve ``{model name: served tail}`` (modules returning (loc, softmax scores)) over HTTP/gRPC."""
+
+    def __init__(
+        self,
+        tails: Mapping[str, nn.Module],
+        config: ServerConfig | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        on_request: RequestHook | None = None,
+    ) -> None:
+        if not tails:
+            raise ServingError("nothing to serve: no tails given")
+        self.config = config or ServerConfig()
+        self.device = torch.device(device)
+        self.runners = {
+            name: _TailRunner(
+                name, tail.to(self.device).eval(), self.device, self.config.max_batch_size, on_request
+            )
+            for name, tail in tails.items()
+        }
+        self._triton: Any = None
+
+    @classmethod
+    def from_tails(
+        cls,
+        base_tail: nn.Module,
+        noisy_tail: nn.Module | None = None,
+        config: ServerConfig | None = None,
+        **kwargs: Any,
+    ) -> VeilServer:
+        """Both models from eager tails (logits out); ``noisy_tail`` defaults to the base weights."""
+        base = _channels_last(base_tail)
+        noisy = base if noisy_tail is None or noisy_tail is base_tail else _channels_last(noisy_tail)
+        tails = {BASE_MODEL: ScoresTail(base), NOISY_MODEL: ScoresTail(noisy)}
+        return cls(tails, config, **kwargs)
+
+    @classmethod
+    def from_weights(
+        cls,
+        weights: str | Path,
+        *,
+        tail_state_dict: Mapping[str, torch.Tensor] | None = None,
+        noisy_tail: nn.Module | None = None,
+        config: ServerConfig | None = None,
+        **kwargs: Any,
+    ) -> VeilServer:
+        """Tails from a checkpoint; the noisy model uses ``noisy_tail`` or ``tail_state_dict`` if given."""
+        base, noisy = build_tails(weights, tail_state_dict=tail_state_dict)
+        return cls.from_tails(base, noisy_tail or noisy, config, **kwargs)
+
+    @classmethod
+    def from_repository(
+        cls, path: str | Path, config: ServerConfig | None = None, *, device: str = "cpu", **kwargs: Any
+    ) -> VeilServer:
+        """Serve the TorchScript tails of an exported repository (``veil export triton``)."""
+        models = load_repository(path, device)
+        return cls({name: module for name, (_, module) in models.items()}, config, device=device, **kwargs)
+
+    @property
+    def endpoints(self) -> Endpoints:
+        host = _url_host(self.config.host)
+        c = self.config
+        return Endpoints(
+            http=f"{host}:{c.http_port}",
+            grpc=f"{host}:{c.grpc_port}",
+            metrics=f"{host}:{c.metrics_port}",
+            access_token=self.access_token,
+        )
+
+    @property
+    def access_token(self) -> str | None:
+        return self._triton.get_access_token() if self._triton is not None else self.config.access_token
+
+    def start(self) -> VeilServer:
+        """Start tritonserver, load both models, return once they are ready."""
+        if self._triton is not None:
+            return self
+        c = self.config
+        _check_ports_free(c.host, (c.http_port, c.grpc_port, c.metrics_port))
+        ensure_libpython_on_ld_path()
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+
+        triton_config = TritonConfig(
+            http_address=c.host,
+            grpc_address=c.host,
+            metrics_address=c.host,
+            http_port=c.http_port,
+            grpc_port=c.grpc_port,
+            metrics_port=c.metrics_port,
+            log_verbose=c.log_verbose,
+            log_file=c.log_file,
+            exit_timeout_secs=c.exit_timeout_s,
+            exit_on_error=True,
+        )
+        security = TritonSecurityConfig(
+            access_token=c.access_token, restricted_endpoints=None if c.restrict else []
+        )
+        triton = Triton(config=triton_config, security_config=security)
+        batcher = DynamicBatcher(
+            max_queue_delay_microseconds=c.max_queue_delay_us,
+            preferred_batch_size=sorted({b for b in (c.max_batch_size // 2, c.max_batch_size) if b > 1})
+            or None,
+        )
+        for name, runner in self.runners.items():
+            triton.bind(
+                model_name=name,
+                infer_func=[runner] * max(1, c.instances),
+                inputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=ACTIVATION_DIMS)],
+                outputs=[
+                    Tensor(name=LOC_NAME, dtype=np.float32, shape=LOC_DIMS),
+                    Tensor(name=SCORES_NAME, dtype=np.float32, shape=SCORES_DIMS),
+                ],
+                config=ModelConfig(max_batch_size=c.max_batch_size, batcher=batcher),
+                strict=False,
+            )
+        _install_stub_validation(triton)
+        self._triton = triton
+        try:
+            triton.run()
+        except Exception as exc:
+            self.stop()
+            raise ServingError(
+                f"Triton failed to start on {c.host} (ports {c.http_port}/{c.grpc_port}/"
+                f"{c.metrics_port} free?): {str(exc).splitlines()[0][:200]}"
+            ) from exc
+        return self
+
+    def is_alive(self) -> bool:
+        return self._triton is not None and bool(self._triton.is_alive())
+
+    def stop(self) -> None:
+        """Stop tritonserver and the backends, and delete PyTriton's workspace."""
+        triton, self._triton = self._triton, None
+        if triton is not None:
+            triton.stop()
+
+    def __enter__(self) -> VeilServer:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def serve_forever(
+        self,
+        stop: threading.Event | None = None,
+        *,
+        on_ready: Callable[[VeilServer], None] | None = None,
+        poll_s: float = 1.0,
+    ) -> None:
+        """Block until SIGINT/SIGTERM (or ``stop`` is set, or Triton dies), then shut down cleanly."""
+        stop = stop or threading.Event()
+        with _stop_on_signals(stop):
+            self.start()
+            try:
+                if on_ready is not None:
+                    on_ready(self)
+                while not stop.wait(poll_s):
+                    if not self.is_alive():
+                        raise ServingError("Triton exited unexpectedly (see its log above)")
+            finally:
+                self.stop()
+
+
+def _check_ports_free(host: str, ports: tuple[int, ...]) -> None:
+    """Fail fast with a clear message (Triton itself would only time out the start-up check)."""
+    if len(set(ports)) != len(ports):
+        raise ServingError(f"HTTP, gRPC and metrics ports must differ, got {ports}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for port in ports:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError as exc:
+                raise ServingError(
+                    f"cannot listen on {host}:{port} ({exc.strerror}): choose another port"
+                ) from None
+
+
+def _install_stub_validation(triton: Any) -> None:
+    """Append the per-request NaN/Inf check to the proxy ``model.py`` PyTriton uploads for each model."""
+    manager = getattr(triton, "_model_manager", None)
+    models = list(getattr(manager, "models", []))
+    if not models:
+        raise ServingError("unsupported PyTriton version: cannot reach its bound models (need 0.7.x)")
+    for model in models:
+        original = model.get_proxy_model_files
+
+        def patched(original: Callable[[], dict[str, bytes]] = original) -> dict[str, bytes]:
+            files = dict(original())
+            key = next((k for k in files if k.endswith("/model.py")), None)
+            if key is None:
+                raise ServingError("unsupported PyTriton version: proxy model.py not found (need 0.7.x)")
+            files[key] = files[key] + STUB_VALIDATION_SOURCE.encode()
+            return files
+
+        model.get_proxy_model_files = patched
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``stop`` (main thread only); previous handlers are restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+__all__ = ["Endpoints", "RequestHook", "ServerConfig", "VeilServer", "ensure_libpython_on_ld_path"]

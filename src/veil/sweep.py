@@ -1,0 +1,154 @@
+"""The alpha sweep: train (or reuse) one transform per alpha, measure AP under noise, tabulate and plot.
+
+Produces the reference design's accuracy-comparison table — ALPHA | AP | AP retained | mean sigma |
+SNR — as Markdown and CSV, plus ``accuracy_vs_alpha.png``. AP under noise is the mean over several
+noise draws, with its standard deviation, because a single draw can flatter or wrong a transform.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from veil.artifact import load_transform
+from veil.data.labels import LabeledDataset
+from veil.eval.runner import evaluate_draws
+from veil.imageio import atomic_write_bytes, load_image
+from veil.noise import snr_db
+from veil.pipeline import load_pipeline
+
+
+@dataclass
+class SweepRow:
+    alpha: float | None  # None: the clean baseline
+    ap: float
+    ap_std: float
+    retained: float
+    mean_sigma: float
+    snr_db: float
+    transform: str | None
+
+
+def _snr(detector: Any, dataset: LabeledDataset, images: int = 8) -> float:
+    """Mean SNR (dB) of released vs clean activations over the first few images of the dataset."""
+    values = []
+    for item in dataset.images[:images]:
+        batch = detector.preprocess([load_image(item.path)])
+        with torch.inference_mode():
+            clean = detector.head(batch.tensor)
+            values.append(snr_db(clean, detector.noise(clean)))
+    return float(np.mean(values))
+
+
+def evaluate_transform(
+    weights: str | Path,
+    transform: str | Path | None,
+    dataset: LabeledDataset,
+    draws: int,
+    clean_ap: float | None = None,
+    progress: bool = False,
+) -> SweepRow:
+    """One row of the table: AP (mean and std over draws) and the transform's strength."""
+    det = load_pipeline(weights, transform)
+    summary, _ = evaluate_draws(dataset, det.detect, draws=draws if transform else 1, progress=progress)
+    ap = summary.mean.pooled_ap
+    std = float(summary.pooled.std(ddof=1)) if len(summary.per_draw) > 1 else 0.0
+    if transform is None:
+        return SweepRow(None, ap, 0.0, 1.0, 0.0, float("inf"), None)
+    tr = load_transform(transform)
+    return SweepRow(
+        alpha=tr.alpha,
+        ap=ap,
+        ap_std=std,
+        retained=ap / clean_ap if clean_ap else float("nan"),
+        mean_sigma=float(tr.noise.mean_sigma()),
+        snr_db=_snr(det, dataset),
+        transform=str(transform),
+    )
+
+
+def to_markdown(rows: list[SweepRow], title: str) -> str:
+    out = [
+        f"### {title}",
+        "",
+        "| obfuscation | ALPHA | AP (mean ± std over draws) | AP retained | mean σ | SNR (dB) |",
+    ]
+    out.append("|---|---|---|---|---|---|")
+    for r in rows:
+        if r.alpha is None:
+            out.append(f"| no | n/a | {r.ap:.4f} | 100.0% | – | – |")
+        else:
+            out.append(
+                f"| yes | {r.alpha:g} | {r.ap:.4f} ± {r.ap_std:.4f} | {100 * r.retained:.1f}% | "
+                f"{r.mean_sigma:.3f} | {r.snr_db:.1f} |"
+            )
+    return "\n".join(out) + "\n"
+
+
+def to_csv(rows: list[SweepRow]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["alpha", "ap", "ap_std", "ap_retained", "mean_sigma", "snr_db", "transform"])
+    for r in rows:
+        writer.writerow(
+            [
+                "" if r.alpha is None else r.alpha,
+                r.ap,
+                r.ap_std,
+                r.retained,
+                r.mean_sigma,
+                r.snr_db,
+                r.transform or "",
+            ]
+        )
+    return buf.getvalue()
+
+
+def plot(rows: list[SweepRow], path: Path, title: str) -> None:
+    """AP retained (with draw spread) and mean sigma against alpha, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    noisy = [r for r in rows if r.alpha is not None]
+    alphas = [float(r.alpha or 0.0) for r in noisy]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    clean = next((r.ap for r in rows if r.alpha is None), None)
+    ax.errorbar(
+        alphas,
+        [100 * r.retained for r in noisy],
+        yerr=[100 * r.ap_std / clean if clean else 0 for r in noisy],
+        marker="o",
+        capsize=3,
+        label="AP retained (%)",
+    )
+    ax.axhline(100, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("AP retained (%)")
+    ax2 = ax.twinx()
+    ax2.plot(alphas, [r.mean_sigma for r in noisy], color="tab:orange", marker="s", label="mean σ")
+    ax2.set_ylabel("mean σ")
+    ax.set_title(title)
+    fig.legend(loc="lower left")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_report(rows: list[SweepRow], out: Path, title: str, extra: dict[str, Any] | None = None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "table.md", to_markdown(rows, title).encode())
+    atomic_write_bytes(out / "table.csv", to_csv(rows).encode())
+    record = {"title": title, "rows": [asdict(r) for r in rows]} | (extra or {})
+    atomic_write_bytes(out / "sweep.json", json.dumps(record, indent=1, default=str).encode())
+    plot(rows, out / "accuracy_vs_alpha.png", title)
