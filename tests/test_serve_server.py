@@ -383,7 +383,8 @@ def test_cli_serve_prints_endpoints_and_stops_on_sigterm(weights: Path, tmp_path
     http_port, grpc_port, metrics_port = free_ports(3)
     ports = f"--http-port {http_port} --grpc-port {grpc_port} --metrics-port {metrics_port}".split()
     log = ["--triton-log", str(tmp_path / "triton.log")]
-    cmd = [sys.executable, "-m", "veil.cli.main", "serve", "--weights", str(weights), *ports, *log]
+    veil = [sys.executable, "-c", "from veil.cli.main import main; main()"]
+    cmd = [*veil, "serve", "--weights", str(weights), *ports, *log]
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}  # the server must set it itself
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines: list[str] = []

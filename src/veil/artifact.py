@@ -75,7 +75,7 @@ def save_transform(
                 "activation_shape": list(noise.shape),
                 "has_tail": tail_state is not None,
                 "suppressed_fraction": noise.suppressed_fraction,
-                "mean_sigma": float(noise.mean_sigma()),
+                "mean_sigma": float(noise.mean_sigma().detach()),
                 "tensors_sha256": sha256_file(tmp / TENSORS),
             }
         )
@@ -154,3 +154,17 @@ def load_transform(
         ) from None
     tail = {k.removeprefix("tail."): v for k, v in tensors.items() if k.startswith("tail.")} or None
     return Transform(noise=noise.eval().requires_grad_(False), tail_state=tail, meta=meta, path=path)
+
+
+#: Transforms trained with this repository's code for ``FaceBoxes.pth`` ship inside the package.
+SHIPPED_DIR = Path(__file__).resolve().parent / "transforms"
+
+
+def shipped_transforms(include_all: bool = False) -> dict[float, Path]:
+    """Shipped transform directories keyed by alpha (the default configuration unless ``include_all``)."""
+    found: dict[float, Path] = {}
+    for meta_file in sorted(SHIPPED_DIR.glob("*/transform.json")):
+        record = json.loads(meta_file.read_text())
+        if include_all or record.get("default", False):
+            found[float(record["alpha"])] = meta_file.parent
+    return found

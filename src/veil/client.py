@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from veil.detect import Detector, PostProcess
+from veil.detect import PostProcess
 from veil.errors import ServingError
+from veil.imageio import FACEBOXES_MEAN_BGR, Batch, preprocess
 from veil.serve.export import scores_to_logits
 from veil.serve.validate import (
     ACCESS_HEADER,
@@ -93,9 +94,8 @@ class VeilClient:
         if head is None and weights is not None:
             head = _head_from_weights(weights)
         self.head = head
-        self.detector = (
-            Detector(head, self.infer, noise=None, size=INPUT_SIZE, post=post) if head is not None else None
-        )
+        # Decoding only: no Detector here, whose detect() would run the tail on the clean activation.
+        self.post = post or PostProcess()
         #: A copy of the activation batch the last request carried (what left this machine).
         self.last_sent: np.ndarray | None = None
         self._client: Any = None
@@ -216,12 +216,13 @@ class VeilClient:
         return result.as_numpy(LOC_NAME), result.as_numpy(SCORES_NAME)
 
     @torch.inference_mode()
-    def release(self, images: Sequence[Tensor]) -> tuple[Tensor, Any]:
+    def release(self, images: Sequence[Tensor]) -> tuple[Tensor, Batch]:
         """(activation that would leave the machine, preprocessed batch) for uint8 RGB images."""
-        if self.detector is None or self.head is None:
+        if self.head is None:
             raise ServingError("VeilClient needs head=... or weights=... to run detection on images")
-        batch = self.detector.preprocess(images)
-        clean = self.head(batch.tensor)
+        batch = preprocess(images, size=INPUT_SIZE, mean_bgr=FACEBOXES_MEAN_BGR)
+        device = next(self.head.parameters(), torch.empty(0)).device
+        clean = self.head(batch.tensor.to(device))
         if self.noise is None:
             return clean, batch
         sent = self.noise(clean.clone())  # a clone: an in-place noise must not alter the reference
@@ -233,8 +234,7 @@ class VeilClient:
         """Boxes [M, 5] (x1, y1, x2, y2, score) per image, decoded locally from the server's outputs."""
         sent, batch = self.release(images)
         loc, conf = self.infer(sent)
-        assert self.detector is not None
-        return self.detector.post(loc, conf, batch)
+        return self.post(loc, conf, batch)
 
     def statistics(self) -> dict[str, Any]:
         """Triton's inference statistics for this model (a restricted endpoint: needs the access token)."""

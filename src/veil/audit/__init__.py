@@ -74,7 +74,9 @@ class _Target:
 
 
 def _audit_size(tr: Transform, size: int | None) -> int:
-    own = int(tr.meta.get("input_size", [0])[0])
+    own = int((tr.meta.get("input_size") or [0])[0])
+    if own <= 0:
+        raise InputError(f"{tr.path}: transform.json records no input_size; re-train it with `veil train`")
     if size is None or size == own:
         return own
     if tr.noise.granularity == "element":

@@ -28,7 +28,9 @@ def audit(
     ),
     steps: int | None = typer.Option(None, help="Attacker training steps (default 1500)."),
     size: int | None = typer.Option(
-        None, help="Audit input size; per-channel transforms only (default: each transform's own)."
+        None,
+        help="Audit input size for clean baselines and per-channel transforms (default: each transform's "
+        "own, 512 without transforms); per-element transforms only at their own size.",
     ),
     output_size: int | None = typer.Option(None, help="Reconstruction size in pixels (default 128)."),
     width: int | None = typer.Option(None, help="Decoder width (default 128)."),

@@ -75,25 +75,14 @@ def cli_detector(
     )
 
 
-def shipped_transforms() -> dict[float, Path]:
-    """Transforms that ship with veil for FaceBoxes.pth, keyed by alpha (default configuration)."""
-    import json
-
-    root = Path(__file__).resolve().parents[1] / "transforms"
-    found: dict[float, Path] = {}
-    for meta in sorted(root.glob("*/transform.json")):
-        record = json.loads(meta.read_text())
-        if record.get("default", False):
-            found[float(record["alpha"])] = meta.parent
-    return found
-
-
 def resolve_transform(transform: Path | None, alpha: float | None) -> Path | None:
     """``--transform DIR`` as given, or the shipped transform for ``--alpha`` (the reference knob)."""
     if transform is not None and alpha is not None:
         raise VeilError("give either --transform or --alpha, not both")
     if alpha is None:
         return transform
+    from veil.artifact import shipped_transforms
+
     shipped = shipped_transforms()
     for value, path in shipped.items():
         if abs(value - alpha) < 1e-9:
