@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from torch import nn
 
 from veil.artifact import Transform, load_transform
 from veil.detect import Detector, PostProcess
@@ -67,3 +68,23 @@ def load_pipeline(
     return Detector(
         head, tail, noise=noise, size=size, resize=resize, post=post, mean_bgr=spec.mean_bgr, device=device
     )
+
+
+def transform_tail(
+    weights: str | Path, transform: str | Path | Transform, model: str = "faceboxes"
+) -> nn.Module:
+    """The server half for ``transform``: the tail at its split, with its trained weights if any."""
+    tr = load_transform(transform, weights) if isinstance(transform, str | Path) else transform
+    _, tail = split_model(create_model(model, weights), tr.split)
+    if tr.tail_state is not None:
+        try:
+            tail.load_state_dict(tr.tail_state, strict=True)
+        except RuntimeError as exc:
+            raise TransformError(f"transform's tail weights do not fit: {str(exc).splitlines()[0]}") from None
+    return tail.eval()
+
+
+def transform_head(weights: str | Path, transform: Transform, model: str = "faceboxes") -> nn.Module:
+    """The client half that goes with ``transform`` (the head up to its split), channels-last."""
+    head, _ = split_model(create_model(model, weights), transform.split)
+    return head.eval().to(memory_format=torch.channels_last)

@@ -22,18 +22,23 @@ def export_triton(
     instances: int = 1,
     overwrite: bool = False,
     tail_state_dict: Mapping[str, torch.Tensor] | None = None,
+    transform: Path | None = None,
 ) -> None:
     """The command's body, callable with a noise-trained tail (``tail_state_dict``) for the noisy model."""
     from veil.serve.export import build_tails, export_triton_repository
 
     base, noisy = build_tails(weights, tail_state_dict=tail_state_dict)
+    if transform is not None:
+        from veil.pipeline import transform_tail
+
+        noisy = transform_tail(weights, transform)
     result = export_triton_repository(
         out, base, noisy, gpu=gpu, max_batch_size=max_batch_size, instances=instances, overwrite=overwrite
     )
     kind = "KIND_GPU" if gpu else "KIND_CPU"
     for name, diff in result.max_abs_diff.items():
         typer.echo(f"{name}: TorchScript matches the PyTorch tail (max abs diff {diff:.2g}), {kind}")
-    if tail_state_dict is None:
+    if tail_state_dict is None and transform is None:
         typer.echo("note: no noise-trained tail given: face_detection_noisy carries the base weights")
     typer.echo(f"model repository -> {result.path}")
 
@@ -46,6 +51,9 @@ def triton(
     max_batch_size: int = typer.Option(8, help="max_batch_size of both models (dynamic batching)."),
     instances: int = typer.Option(1, help="Model instances per model (instance_group count)."),
     overwrite: bool = typer.Option(False, help="Replace an existing repository (atomically)."),
+    transform: Path | None = typer.Option(
+        None, "--transform", "-t", help="Transform directory: face_detection_noisy gets its tail."
+    ),
 ) -> None:
     """Write face_detection_base and face_detection_noisy (TorchScript, pytorch_libtorch) for Triton."""
     export_triton(
@@ -55,4 +63,5 @@ def triton(
         max_batch_size=max_batch_size,
         instances=instances,
         overwrite=overwrite,
+        transform=transform,
     )

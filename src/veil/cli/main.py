@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from veil.cli import audit_cmd, detect_cmd, eval_cmd, export_cmd, k8s_cmd, serve_cmd, train_cmd
+from veil.cli import audit_cmd, demo_cmd, detect_cmd, eval_cmd, export_cmd, k8s_cmd, serve_cmd, train_cmd
 from veil.errors import VeilError
 
 app = typer.Typer(
@@ -16,6 +16,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command("demo")(demo_cmd.demo)
 app.command("detect")(detect_cmd.detect)
 app.command("audit")(audit_cmd.audit)
 app.command("train")(train_cmd.train)

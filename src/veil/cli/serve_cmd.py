@@ -17,6 +17,7 @@ def run_server(
     model_repository: Path | None = None,
     weights: Path | None = None,
     tail_state_dict: Mapping[str, torch.Tensor] | None = None,
+    transform: Path | None = None,
     host: str = "127.0.0.1",
     http_port: int = 8000,
     grpc_port: int = 8001,
@@ -31,7 +32,7 @@ def run_server(
     """The command's body: serve until SIGINT/SIGTERM. ``tail_state_dict`` = the noise-trained tail."""
     from veil.serve.server import ServerConfig, VeilServer
 
-    if model_repository is not None and (weights is not None or tail_state_dict is not None):
+    if model_repository is not None and (weights is not None or tail_state_dict is not None or transform):
         raise VeilError("give either --model-repository or --weights (with its transform), not both")
     config = ServerConfig(
         host=host,
@@ -47,6 +48,14 @@ def run_server(
     if model_repository is not None:
         server = VeilServer.from_repository(model_repository, config, device=device)
         source = f"TorchScript tails from {model_repository}"
+    elif transform is not None:
+        from veil.pipeline import transform_tail
+
+        w = resolve_weights(weights)
+        server = VeilServer.from_weights(
+            w, noisy_tail=transform_tail(w, transform), config=config, device=device
+        )
+        source = f"tails from {w}; face_detection_noisy from transform {transform}"
     else:
         server = VeilServer.from_weights(
             resolve_weights(weights), tail_state_dict=tail_state_dict, config=config, device=device
@@ -82,6 +91,9 @@ def serve(
     weights: Path | None = typer.Option(
         None, "--weights", "-w", help="Serve tails built from this checkpoint; default: $VEIL_WEIGHTS."
     ),
+    transform: Path | None = typer.Option(
+        None, "--transform", "-t", help="Transform directory: face_detection_noisy runs its tail."
+    ),
     host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 exposes the server)."),
     http_port: int = typer.Option(8000, help="HTTP port."),
     grpc_port: int = typer.Option(8001, help="gRPC port."),
@@ -101,6 +113,7 @@ def serve(
     run_server(
         model_repository=model_repository,
         weights=weights,
+        transform=transform,
         host=host,
         http_port=http_port,
         grpc_port=grpc_port,
