@@ -20,7 +20,9 @@ def test_notebook_runs(shared_dir: Path, tmp_path: Path) -> None:
         pytest.skip("no shipped transforms in this checkout")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     os.environ["VEIL_SHARED"] = str(shared_dir)
-    client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()
     outputs = "".join(
         o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])

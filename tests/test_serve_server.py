@@ -407,3 +407,25 @@ def test_cli_serve_prints_endpoints_and_stops_on_sigterm(weights: Path, tmp_path
             proc.kill()
     assert proc.returncode == 0, out
     assert "stopped" in out
+
+
+def test_cli_eval_through_server_matches_local(
+    server: Any, weights: Path, fddb_sample: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from veil.cli.main import app
+
+    out = tmp_path / "remote.json"
+    base = ["eval", "--quiet", "--dataset", str(fddb_sample), "--weights", str(weights)]
+    result = CliRunner().invoke(
+        app, [*base, "--server", server.endpoints.http, "--allow-clean", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "FDDB-fold-6 Val AP" in result.output
+    remote = json.loads(out.read_text())
+    local = tmp_path / "local.json"
+    assert CliRunner().invoke(app, [*base, "--json", str(local)]).exit_code == 0
+    assert remote["pooled_ap"] == pytest.approx(json.loads(local.read_text())["pooled_ap"], abs=1e-6)
+    refused = CliRunner().invoke(app, [*base, "--server", server.endpoints.http])
+    assert refused.exit_code != 0 and "--allow-clean" in str(refused.exception)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
 import torch
 import typer
+from torch import Tensor
 
-from veil.detect import Detector, PostProcess, build_detector
+from veil.detect import PostProcess
 from veil.errors import VeilError
 
 WeightsOpt = typer.Option(
@@ -48,33 +50,6 @@ def parse_size(
     return (size, size), 1.0
 
 
-def cli_detector(
-    weights: Path | None,
-    *,
-    model: str = "faceboxes",
-    split: str | None = None,
-    size: int | None = None,
-    resize: float | None = None,
-    threshold: float = 0.05,
-    verify: bool = False,
-    device: str = "cpu",
-) -> Detector:
-    """A local clean detector from CLI options."""
-    fixed, factor = parse_size(size, resize)
-    if fixed == "auto":
-        fixed = (1024, 1024)
-    return build_detector(
-        resolve_weights(weights),
-        model=model,
-        split=split,
-        size=fixed,
-        resize=factor,
-        post=PostProcess(threshold=threshold),
-        device=device,
-        verify=verify,
-    )
-
-
 def resolve_transform(transform: Path | None, alpha: float | None) -> Path | None:
     """``--transform DIR`` as given, or the shipped transform for ``--alpha`` (the reference knob)."""
     if transform is not None and alpha is not None:
@@ -91,3 +66,39 @@ def resolve_transform(transform: Path | None, alpha: float | None) -> Path | Non
     raise VeilError(
         f"no shipped transform for --alpha {alpha:g} (shipped: {have}); train one with `veil train`"
     )
+
+
+def remote_detector(
+    server: str,
+    weights: Path | None,
+    transform: Path | None,
+    *,
+    allow_clean: bool = False,
+    protocol: str | None = None,
+    access_token: str | None = None,
+    threshold: float = 0.05,
+) -> Callable[[Sequence[Tensor]], list[Tensor]]:
+    """``detect`` through a Triton server: head and noise here, tail there; clean only if allowed."""
+    from veil.artifact import load_transform
+    from veil.client import VeilClient
+    from veil.models import create_model, get_spec, split_model
+    from veil.pipeline import transform_head
+
+    w = resolve_weights(weights)
+    post = PostProcess(threshold=threshold)
+    if transform is None:
+        if not allow_clean:
+            raise VeilError(
+                "--server without --transform would send clean activations: add --allow-clean to do so"
+            )
+        head, _ = split_model(create_model("faceboxes", w), get_spec("faceboxes").default_split)
+        client = VeilClient(
+            server, protocol, head=head.eval(), allow_clean=True, access_token=access_token, post=post
+        )
+    else:
+        tr = load_transform(transform, w)
+        client = VeilClient(
+            server, protocol, head=transform_head(w, tr), noise=tr.noise, access_token=access_token, post=post
+        )
+    client.check_ready()
+    return client.detect

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import typer
 
-from veil.cli.common import WeightsOpt, cli_detector, set_threads
+from veil.cli.common import WeightsOpt, parse_size, remote_detector, resolve_weights, set_threads
+from veil.detect import PostProcess
 from veil.imageio import atomic_write_bytes, draw_detections, load_image, save_png
+from veil.pipeline import load_pipeline
 
 
 def detect(
@@ -19,13 +21,28 @@ def detect(
     resize: float | None = typer.Option(None, help="Keep each image's scale times this factor instead."),
     threshold: float = typer.Option(0.5, help="Score threshold for reported boxes."),
     threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
+    transform: Path | None = typer.Option(
+        None, "--transform", "-t", help="Transform directory (adds noise)."
+    ),
+    server: str | None = typer.Option(None, help="Triton URL: the tail runs there, head and noise here."),
+    allow_clean: bool = typer.Option(False, help="With --server and no transform: send clean activations."),
 ) -> None:
     """Detect faces; writes <name>.png (boxes drawn) and <name>.json per image."""
     set_threads(threads)
-    detector = cli_detector(weights, size=size, resize=resize, threshold=threshold)
+    if server is not None:
+        detect = remote_detector(server, weights, transform, allow_clean=allow_clean, threshold=threshold)
+    else:
+        fixed, factor = parse_size(size, resize)
+        detect = load_pipeline(
+            resolve_weights(weights),
+            transform,
+            size=fixed,
+            resize=factor,
+            post=PostProcess(threshold=threshold),
+        ).detect
     for path in images:
         img = load_image(path)
-        dets = detector.detect([img])[0]
+        dets = detect([img])[0]
         save_png(draw_detections(img, dets), out / f"{path.stem}.png")
         record = {
             "image": str(path),

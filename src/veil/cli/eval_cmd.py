@@ -7,7 +7,14 @@ from pathlib import Path
 
 import typer
 
-from veil.cli.common import WeightsOpt, parse_size, resolve_transform, resolve_weights, set_threads
+from veil.cli.common import (
+    WeightsOpt,
+    parse_size,
+    remote_detector,
+    resolve_transform,
+    resolve_weights,
+    set_threads,
+)
 from veil.data import load_dataset
 from veil.data.labels import LabeledDataset
 from veil.detect import PostProcess
@@ -74,6 +81,10 @@ def eval_main(
         None, help="This shard (default: $JOB_COMPLETION_INDEX, set by Kubernetes Indexed Jobs)."
     ),
     num_shards: int = typer.Option(1, help="Split the dataset's folds across this many shards."),
+    server: str | None = typer.Option(
+        None, help="Triton URL (host:port or http://, grpc://): run the tail there, head and noise here."
+    ),
+    allow_clean: bool = typer.Option(False, help="With --server and no transform: send clean activations."),
     verify: bool = typer.Option(False, help="Check the weights against SHA256SUMS."),
     threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
     quiet: bool = typer.Option(False, help="No progress bars."),
@@ -94,20 +105,23 @@ def eval_main(
     data = _shard(data, shard_index, num_shards)
     transform = resolve_transform(transform, alpha)
     fixed, factor = parse_size(size, resize)
-    detector = load_pipeline(
-        resolve_weights(weights),
-        transform,
-        split=split,
-        size=fixed,
-        resize=factor,
-        post=PostProcess(threshold=threshold),
-        verify=verify,
-    )
+    if server is not None:
+        detect = remote_detector(server, weights, transform, allow_clean=allow_clean, threshold=threshold)
+    else:
+        detect = load_pipeline(
+            resolve_weights(weights),
+            transform,
+            split=split,
+            size=fixed,
+            resize=factor,
+            post=PostProcess(threshold=threshold),
+            verify=verify,
+        ).detect
     n = draws or (3 if transform is not None else 1)
     if n > 1 and num_shards > 1:
         raise VeilError("--draws > 1 cannot be combined with sharding: use --draws 1 for shards")
     summary, preds = evaluate_draws(
-        data, detector.detect, draws=n, batch_size=batch_size, progress=not quiet, use_ignore=ignore_invalid
+        data, detect, draws=n, batch_size=batch_size, progress=not quiet, use_ignore=ignore_invalid
     )
     _print_result(summary.mean, json_out)
     if n > 1:

@@ -1,0 +1,48 @@
+"""Measure the shipped transforms on the real-scene sets: the numbers quoted in the README.
+
+    python scripts/evaluate_shipped.py [--draws 3] [--out reports/shipped]
+
+Writes one sweep-style folder per dataset (table.md, table.csv, sweep.json, accuracy_vs_alpha.png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+from veil.artifact import shipped_transforms
+from veil.data import load_dataset
+from veil.sweep import evaluate_transform, to_markdown, write_report
+
+SHARED = Path(os.environ.get("VEIL_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path("reports/shipped"))
+    ap.add_argument("--datasets", default="fddb-sample,widerface-sample,mask-scenes")
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("VEIL_THREADS", "2")))
+    weights = SHARED / "weights/faceboxes/FaceBoxes.pth"
+    transforms = sorted(shipped_transforms(include_all=True).items())
+    transforms = sorted(
+        (p for _, p in transforms), key=lambda p: (p.name.split("-alpha")[0], float(p.name.split("alpha")[1]))
+    )
+    for name in args.datasets.split(","):
+        data = load_dataset(SHARED / "data" / name)
+        rows = [evaluate_transform(weights, None, data, 1)]
+        for path in transforms:
+            row = evaluate_transform(weights, path, data, args.draws, clean_ap=rows[0].ap)
+            row.transform = path.name
+            rows.append(row)
+        title = f"FaceBoxes.pth on {name} ({len(data.images)} images), pooled AP over {args.draws} noise draws"
+        write_report(rows, args.out / name, title, {"dataset": name, "draws": args.draws})
+        print(to_markdown(rows, title))
+
+
+if __name__ == "__main__":
+    main()

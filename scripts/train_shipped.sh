@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Reproduces the transforms shipped in src/veil/transforms (about 1 CPU-minute each on 2 cores).
+# Default configuration: split after inception3, tail fine-tuned, per-channel (shift-invariant) noise.
+# Reference-design compatible: split after RDCL (the reference's 1x128x32x32 interface, same wire shape).
+set -euo pipefail
+SHARED=${VEIL_SHARED:-../shared}
+W=$SHARED/weights/faceboxes/FaceBoxes.pth
+OUT=${1:-src/veil/transforms}
+common=(--weights "$W" --images "$SHARED/data/lfw/train" --scenes "$SHARED/data/widerface-sample/WIDER_train/images"
+        --steps 400 --samples 256 --size 1024 --seed 0 --quiet)
+for a in 0.1 0.2 0.5 0.8; do
+  [ -f "$OUT/faceboxes-inception3-alpha$a/transform.json" ] && continue  # already trained
+  veil train "${common[@]}" --alpha "$a" --split inception3 --train-tail --granularity channel \
+    --out "$OUT/faceboxes-inception3-alpha$a"
+done
+[ -f "$OUT/faceboxes-rdcl-alpha0.8/transform.json" ] ||
+veil train "${common[@]}" --alpha 0.8 --split rdcl --train-tail --granularity channel \
+  --out "$OUT/faceboxes-rdcl-alpha0.8"
+# mark the default configuration (what `--alpha A` and `veil demo` use)
+python3 - "$OUT" <<'PY'
+import json, sys, pathlib
+for meta in pathlib.Path(sys.argv[1]).glob("*/transform.json"):
+    d = json.loads(meta.read_text())
+    d["default"] = d["split"] == "inception3"
+    meta.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+PY

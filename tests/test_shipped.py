@@ -1,0 +1,40 @@
+"""The transforms that ship with veil: they load for FaceBoxes.pth and keep accuracy on real scenes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from veil.artifact import SHIPPED_DIR, load_transform, shipped_transforms
+from veil.data import load_dataset
+from veil.eval.runner import evaluate_draws
+from veil.pipeline import load_pipeline
+
+
+def test_shipped_set_is_complete_and_small() -> None:
+    default = shipped_transforms()
+    assert {0.2, 0.5, 0.8} <= set(default)
+    total = sum(f.stat().st_size for f in SHIPPED_DIR.rglob("*") if f.is_file())
+    assert total <= 20 * 2**20
+    every = shipped_transforms(include_all=True)
+    assert any("rdcl" in p.name for p in every.values()) or len(every) > len(default)
+
+
+def test_shipped_transforms_verify_against_the_weights(weights: Path) -> None:
+    sigmas = []
+    for alpha, path in sorted(shipped_transforms().items()):
+        tr = load_transform(path, weights)
+        assert tr.alpha == alpha and tr.split == "inception3" and tr.tail_state is not None
+        sigmas.append(float(tr.noise.mean_sigma()))
+    assert sigmas == sorted(sigmas) and sigmas[0] < sigmas[-1]  # mean sigma rises with alpha
+
+
+@pytest.mark.slow
+def test_smallest_alpha_keeps_ap_on_mask_scenes(weights: Path, mask_scenes: Path) -> None:
+    data = load_dataset(mask_scenes)
+    clean = evaluate_draws(data, load_pipeline(weights).detect, draws=1, progress=False)[0].mean.pooled_ap
+    smallest = min(shipped_transforms())
+    noisy = load_pipeline(weights, shipped_transforms()[smallest])
+    summary, _ = evaluate_draws(data, noisy.detect, draws=2, progress=False)
+    assert summary.mean.pooled_ap >= clean - 0.03, (clean, summary.pooled.tolist())
