@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import WEIGHTS, full_hd_image, median_ms
 from veil.client import VeilClient
 from veil.detect import Detector, build_detector
+from veil.serve.server import free_ports
 
 
 class GaussianNoise(nn.Module):
@@ -43,16 +43,6 @@ class GaussianNoise(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.sigma * torch.randn_like(x)
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def start_server(threads: int, instances: int) -> tuple[subprocess.Popen[str], int, int]:

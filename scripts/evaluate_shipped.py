@@ -39,7 +39,9 @@ def main() -> None:
             row = evaluate_transform(weights, path, data, args.draws, clean_ap=rows[0].ap)
             row.transform = path.name
             rows.append(row)
-        title = f"FaceBoxes.pth on {name} ({len(data.images)} images), pooled AP over {args.draws} noise draws"
+        title = (
+            f"FaceBoxes.pth on {name} ({len(data.images)} images), pooled AP over {args.draws} noise draws"
+        )
         write_report(rows, args.out / name, title, {"dataset": name, "draws": args.draws})
         print(to_markdown(rows, title))
 

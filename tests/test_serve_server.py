@@ -6,7 +6,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,23 +23,12 @@ from veil.detect import Detector, build_detector
 from veil.errors import ServingError
 from veil.imageio import load_image
 from veil.serve.export import noisy_tail_from_state_dict
+from veil.serve.server import free_ports
 from veil.serve.validate import ACTIVATION_DIMS, BASE_MODEL, INPUT_NAME, NOISY_MODEL
 
 pytestmark = pytest.mark.slow
 TOKEN = "test-token-0123456789"
 ACT_BYTES = int(np.prod(ACTIVATION_DIMS)) * 4
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (bound together so they cannot collide)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class FixedNoise(nn.Module):

@@ -8,7 +8,6 @@ the clean boxes, the obfuscated boxes and what left the machine.
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,18 +30,6 @@ class DemoRow:
     average_ap: float
     pooled_ap: float
     pooled_std: float
-
-
-def free_ports(n: int = 3) -> list[int]:
-    """``n`` distinct free TCP ports on 127.0.0.1 (bound together so they cannot collide)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def released_picture(released: Tensor, height: int) -> Tensor:
@@ -82,7 +69,7 @@ def run_demo(
     from veil.models import create_model, get_spec, split_model
     from veil.pipeline import transform_head, transform_tail
     from veil.serve.export import ScoresTail
-    from veil.serve.server import BASE_MODEL, ServerConfig, VeilServer
+    from veil.serve.server import BASE_MODEL, ServerConfig, VeilServer, free_ports
 
     paths = transforms if transforms else sorted(shipped_transforms().values())
     if not paths:

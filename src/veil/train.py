@@ -49,7 +49,8 @@ class TrainConfig:
     lr_noise: float = 0.05
     lr_tail: float = 2e-4
     smax_factor: float = 8.0  # smax = factor x the clean activation's std
-    suppress_factor: float = 0.95  # suppress elements whose sigma > factor x smax
+    suppress_factor: float = 0.95  # suppress elements whose sigma > factor x smax ...
+    suppress_from: float = 0.7  # ... from this fraction of the steps on (the rest adapts to the mask)
     seed: int = 0
     log_every: int = 10
 
@@ -185,7 +186,12 @@ def train(
     n = cache.activations.shape[0]
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.steps), desc=f"training alpha={cfg.alpha}", disable=not progress or rank > 0)
+    suppress_at = int(cfg.steps * cfg.suppress_from)
     for step in bar:
+        if step == suppress_at:
+            # From here on, suppressed elements are the constant mu during training too, so the tail
+            # learns to work with exactly what inference will send (not with noise it will never see).
+            noise.suppress_above(cfg.suppress_factor * noise.smax)
         idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
         loc, conf = ddp(cache.activations[idx])
         task = distillation_loss(loc, conf, cache.face_prob[idx], cache.loc[idx])
@@ -205,7 +211,6 @@ def train(
             log_file.close()
             return {"stopped_at": step + 1}
     log_file.close()
-    noise.suppress_above(cfg.suppress_factor * noise.smax)
     metrics = _final_metrics(noise, tail, cache)
     metrics["train_seconds"] = time.perf_counter() - t0
     metrics["rank"] = rank

@@ -367,3 +367,15 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 __all__ = ["Endpoints", "RequestHook", "ServerConfig", "VeilServer", "ensure_libpython_on_ld_path"]
+
+
+def free_ports(n: int = 3) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1 (bound together so they cannot collide)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
