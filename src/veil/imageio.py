@@ -84,7 +84,7 @@ def preprocess(
     for i, img in enumerate(images):
         _check_image(img, i)
         h, w = target_size(img.shape[1], img.shape[2], size, resize)
-        x = img.unsqueeze(0).contiguous(memory_format=torch.channels_last)
+        x = img.unsqueeze(0).contiguous(memory_format=torch.channels_last)  # the fast uint8 resize layout
         if (h, w) != tuple(img.shape[1:]):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=False)
         resized.append(x)
@@ -95,7 +95,9 @@ def preprocess(
         memory_format=torch.channels_last
     )
     for i, x in enumerate(resized):
-        out[i : i + 1, :, : x.shape[2], : x.shape[3]] = x.flip(1).float() - mean
+        region = out[i : i + 1, :, : x.shape[2], : x.shape[3]]
+        region.copy_(x.flip(1))  # RGB -> BGR, uint8 -> float and into channels-last, in one pass
+        region.sub_(mean)
     return Batch(
         tensor=out,
         original_sizes=[(int(img.shape[1]), int(img.shape[2])) for img in images],
