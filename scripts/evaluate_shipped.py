@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from veil.artifact import shipped_transforms
+from veil.artifact import SHIPPED_DIR
 from veil.data import load_dataset
 from veil.sweep import evaluate_transform, to_markdown, write_report
 
@@ -28,9 +28,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("VEIL_THREADS", "2")))
     weights = SHARED / "weights/faceboxes/FaceBoxes.pth"
-    transforms = sorted(shipped_transforms(include_all=True).items())
     transforms = sorted(
-        (p for _, p in transforms), key=lambda p: (p.name.split("-alpha")[0], float(p.name.split("alpha")[1]))
+        (meta.parent for meta in SHIPPED_DIR.glob("*/transform.json")),
+        key=lambda p: (p.name.split("-alpha")[0], float(p.name.split("alpha")[1])),
     )
     for name in args.datasets.split(","):
         data = load_dataset(SHARED / "data" / name)

@@ -161,10 +161,15 @@ SHIPPED_DIR = Path(__file__).resolve().parent / "transforms"
 
 
 def shipped_transforms(include_all: bool = False) -> dict[float, Path]:
-    """Shipped transform directories keyed by alpha (the default configuration unless ``include_all``)."""
+    """Shipped transform directories keyed by alpha: the default configuration (one per alpha).
+
+    ``include_all`` adds the others; where two share an alpha, the default configuration's wins.
+    """
     found: dict[float, Path] = {}
     for meta_file in sorted(SHIPPED_DIR.glob("*/transform.json")):
         record = json.loads(meta_file.read_text())
-        if include_all or record.get("default", False):
-            found[float(record["alpha"])] = meta_file.parent
+        default = bool(record.get("default", False))
+        alpha = float(record["alpha"])
+        if default or (include_all and alpha not in found):
+            found[alpha] = meta_file.parent
     return found

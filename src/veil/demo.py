@@ -86,7 +86,9 @@ def run_demo(
         tails[name] = ScoresTail(transform_tail(weights, tr))
         names.append(name)
     http, grpc, metrics = free_ports()
-    config = ServerConfig(http_port=http, grpc_port=grpc, metrics_port=metrics)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "triton.log"  # Triton's own log, out of the way of the table
+    config = ServerConfig(http_port=http, grpc_port=grpc, metrics_port=metrics, log_file=log.resolve())
     rows: list[DemoRow] = []
     with VeilServer(tails, config) as server:
         print("Server endpoints:", *server.endpoints.lines(), sep="\n  ")
@@ -98,6 +100,7 @@ def run_demo(
         summary, clean_preds = evaluate_draws(data, clean_client.detect, draws=1, progress=progress)
         rows.append(DemoRow(None, BASE_MODEL, summary.mean.average_ap, summary.mean.pooled_ap, 0.0))
         clean_by_name = {p.name: p for p in clean_preds}
+        clients = [clean_client]
         for tr, name in zip(loaded, names, strict=True):
             client = VeilClient(
                 url, model=name, head=transform_head(weights, tr), noise=tr.noise, access_token=token
@@ -106,6 +109,7 @@ def run_demo(
             pooled = summary.pooled
             std = float(pooled.std(ddof=1)) if len(pooled) > 1 else 0.0
             rows.append(DemoRow(tr.alpha, name, summary.mean.average_ap, summary.mean.pooled_ap, std))
+            clients.append(client)
             for item, pred in zip(data.images, preds, strict=True):
                 image = load_image(item.path)
                 sent, _ = client.release([image])
@@ -118,14 +122,14 @@ def run_demo(
                 stem = item.name.replace("/", "_")
                 save_png(picture, out / f"{stem}_alpha{tr.alpha:g}.png")
         for name in tails:
-            stats = VeilClient(
-                url, model=name, allow_clean=True, access_token=server.access_token
-            ).statistics()
-            model_stats = stats.get("model_stats", [{}])[0]
+            clients.append(VeilClient(url, model=name, allow_clean=True, access_token=token))
+            model_stats = clients[-1].statistics().get("model_stats", [{}])[0]
             print(
                 f"triton statistics: {name}: {model_stats.get('inference_count', '?')} inferences "
                 f"in {model_stats.get('execution_count', '?')} executions"
             )
+        for c in clients:  # idle keep-alive connections would hold up Triton's shutdown
+            c.close()
     return rows
 
 
