@@ -47,7 +47,7 @@ class TrainConfig:
     steps: int = 400
     batch_size: int = 8
     lr_noise: float = 0.05
-    lr_tail: float = 2e-4
+    lr_tail: float = 3e-5  # small: the tail adapts to the noise without forgetting real scenes
     smax_factor: float = 8.0  # smax = factor x the clean activation's std
     suppress_factor: float = 0.95  # suppress elements whose sigma > factor x smax ...
     suppress_from: float = 0.7  # ... from this fraction of the steps on (the rest adapts to the mask)
