@@ -75,19 +75,18 @@ def evaluate_transform(
 
 
 def to_markdown(rows: list[SweepRow], title: str) -> str:
-    out = [
-        f"### {title}",
-        "",
-        "| obfuscation | ALPHA | AP (mean ± std over draws) | AP retained | mean σ | SNR (dB) |",
-    ]
-    out.append("|---|---|---|---|---|---|")
+    """The reference design's table (ALPHA | AP), with retention, noise strength and the transform's name."""
+    head = (
+        "| obfuscation | ALPHA | AP (mean ± std over draws) | AP retained | mean σ | SNR (dB) | transform |"
+    )
+    out = [f"### {title}", "", head, "|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.alpha is None:
-            out.append(f"| no | n/a | {r.ap:.4f} | 100.0% | – | – |")
+            out.append(f"| no | n/a | {r.ap:.4f} | 100.0% | – | – | – |")
         else:
             out.append(
                 f"| yes | {r.alpha:g} | {r.ap:.4f} ± {r.ap_std:.4f} | {100 * r.retained:.1f}% | "
-                f"{r.mean_sigma:.3f} | {r.snr_db:.1f} |"
+                f"{r.mean_sigma:.3f} | {r.snr_db:.1f} | {Path(r.transform or '').name} |"
             )
     return "\n".join(out) + "\n"
 
