@@ -93,3 +93,30 @@ def test_mask_scenes_own_scale_matches_reference(mask_scenes: Path, weights: Pat
     out = tmp_path / "m.json"
     _eval("--dataset", str(mask_scenes), "--weights", str(weights), "--resize", "1", "--json", str(out))
     assert abs(json.loads(out.read_text())["pooled_ap"] - 0.3395) <= 0.01  # reference at the image's scale
+
+
+def test_sharded_then_merged_equals_unsharded(
+    fddb_sample: Path, weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Indexed Job path: two shards (index from JOB_COMPLETION_INDEX), merged, equal one run exactly."""
+    whole = tmp_path / "whole.json"
+    _eval("--dataset", str(fddb_sample), "--weights", str(weights), "--json", str(whole))
+    parts = []
+    for index in (0, 1):
+        monkeypatch.setenv("JOB_COMPLETION_INDEX", str(index))
+        part = tmp_path / f"part-{index}.json"
+        _eval("--dataset", str(fddb_sample), "--weights", str(weights), "--num-shards", "2", "--json", str(part))
+        parts.append(part)
+    monkeypatch.delenv("JOB_COMPLETION_INDEX")
+    shard_images = [json.loads(p.read_text())["images"] for p in parts]
+    assert sorted(shard_images) == [1, 6]  # fold 1 (1 image) and fold 6 (6 images) on different pods
+    merged = tmp_path / "merged.json"
+    result = runner.invoke(app, ["eval", "merge", *map(str, parts), "--json", str(merged)])
+    assert result.exit_code == 0, result.output
+    a, b = json.loads(whole.read_text()), json.loads(merged.read_text())
+    for key in ("folds", "average_ap", "map", "pooled_ap", "images", "faces"):
+        assert a[key] == b[key], key
+    assert a["roc"]["tpr_at_1000"] == b["roc"]["tpr_at_1000"]
+    assert "FDDB Dataset Average AP: " + repr(a["average_ap"]) in result.output
+    overlap = runner.invoke(app, ["eval", "merge", str(parts[0]), str(parts[0])])
+    assert overlap.exit_code != 0
