@@ -105,7 +105,9 @@ def test_sharded_then_merged_equals_unsharded(
     for index in (0, 1):
         monkeypatch.setenv("JOB_COMPLETION_INDEX", str(index))
         part = tmp_path / f"part-{index}.json"
-        _eval("--dataset", str(fddb_sample), "--weights", str(weights), "--num-shards", "2", "--json", str(part))
+        _eval(
+            "--dataset", str(fddb_sample), "--weights", str(weights), "--num-shards", "2", "--json", str(part)
+        )
         parts.append(part)
     monkeypatch.delenv("JOB_COMPLETION_INDEX")
     shard_images = [json.loads(p.read_text())["images"] for p in parts]
