@@ -110,33 +110,54 @@ def to_csv(rows: list[SweepRow]) -> str:
     return buf.getvalue()
 
 
+def _config(row: SweepRow) -> str:
+    """The configuration a row belongs to: its transform's name without the alpha suffix."""
+    name = Path(row.transform or "").name
+    return name.split("-alpha")[0] if "-alpha" in name else "transform"
+
+
 def plot(rows: list[SweepRow], path: Path, title: str) -> None:
-    """AP retained (with draw spread) and mean sigma against alpha, written atomically as PNG."""
+    """AP retained (with draw spread) and mean sigma against alpha, one line per configuration (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    noisy = [r for r in rows if r.alpha is not None]
-    alphas = [float(r.alpha or 0.0) for r in noisy]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     clean = next((r.ap for r in rows if r.alpha is None), None)
-    ax.errorbar(
-        alphas,
-        [100 * r.retained for r in noisy],
-        yerr=[100 * r.ap_std / clean if clean else 0 for r in noisy],
-        marker="o",
-        capsize=3,
-        label="AP retained (%)",
-    )
-    ax.axhline(100, color="grey", lw=0.8, ls="--")
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ax2 = ax.twinx()
+    configs = sorted({_config(r) for r in rows if r.alpha is not None})
+    for k, config in enumerate(configs):
+        sel = sorted(
+            (r for r in rows if r.alpha is not None and _config(r) == config), key=lambda r: r.alpha or 0
+        )
+        alphas = [float(r.alpha or 0.0) for r in sel]
+        err = [100 * r.ap_std / clean if clean else 0.0 for r in sel]
+        color = f"C{k}"
+        ax.errorbar(
+            alphas,
+            [100 * r.retained for r in sel],
+            yerr=err,
+            marker="o",
+            capsize=3,
+            color=color,
+            label=f"AP retained: {config}",
+        )
+        ax2.plot(
+            alphas,
+            [r.mean_sigma for r in sel],
+            marker="s",
+            ls="--",
+            color=color,
+            alpha=0.6,
+            label=f"mean σ: {config}",
+        )
+    ax.axhline(100, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("alpha")
     ax.set_ylabel("AP retained (%)")
-    ax2 = ax.twinx()
-    ax2.plot(alphas, [r.mean_sigma for r in noisy], color="tab:orange", marker="s", label="mean σ")
-    ax2.set_ylabel("mean σ")
-    ax.set_title(title)
-    fig.legend(loc="lower left")
+    ax2.set_ylabel("mean σ (dashed)")
+    ax.set_title(title, fontsize=8)
+    ax.legend(loc="lower left", fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
