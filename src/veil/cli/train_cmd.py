@@ -3,16 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from veil.cli.common import WeightsOpt, resolve_weights, set_threads
 from veil.errors import VeilError
 
+if TYPE_CHECKING:
+    from veil.train import TrainConfig
+
 
 def _check_alpha(alpha: float) -> None:
     if not 0.0 <= alpha < 1.0:
         raise VeilError(f"--alpha must be in [0, 1), got {alpha}")
+
+
+def _config(
+    weights: Path, images: list[Path], scenes: list[Path], alpha: float, granularity: str, **options: Any
+) -> TrainConfig:
+    """One validated TrainConfig from command-line values (shared by train and sweep)."""
+    from veil.train import TrainConfig
+
+    _check_alpha(alpha)
+    if granularity not in ("element", "channel"):
+        raise VeilError(f"--granularity must be element or channel, got {granularity!r}")
+    return TrainConfig(
+        weights=str(weights),
+        images=[str(p) for p in images],
+        scenes=[str(p) for p in scenes],
+        alpha=alpha,
+        granularity=granularity,  # type: ignore[arg-type]
+        **options,
+    )
 
 
 def train(
@@ -39,27 +62,23 @@ def train(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Learn a noise transform for a model split; resumable, works under torchrun."""
-    from veil.train import TrainConfig
     from veil.train import train as run
 
-    _check_alpha(alpha)
-    if granularity not in ("element", "channel"):
-        raise VeilError(f"--granularity must be element or channel, got {granularity!r}")
-    set_threads(threads)
-    cfg = TrainConfig(
-        weights=str(resolve_weights(weights)),
-        images=[str(p) for p in images],
-        scenes=[str(p) for p in scenes],
-        alpha=alpha,
+    cfg = _config(
+        resolve_weights(weights),
+        images,
+        scenes,
+        alpha,
+        granularity,
         split=split,
         train_tail=train_tail,
-        granularity=granularity,  # type: ignore[arg-type]
         steps=steps,
         samples=samples,
         batch_size=batch_size,
         input_size=size,
         seed=seed,
     )
+    set_threads(threads)
     metrics = run(cfg, out, progress=not quiet)
     if metrics.get("rank", 0) == 0:
         typer.echo(
@@ -88,7 +107,6 @@ def sweep(
     """Train (or reuse) a transform per alpha and write table.md, table.csv, accuracy_vs_alpha.png."""
     from veil.data import load_dataset
     from veil.sweep import evaluate_transform, to_markdown, write_report
-    from veil.train import TrainConfig
     from veil.train import train as run
 
     set_threads(threads)
@@ -104,14 +122,14 @@ def sweep(
     for a in values:
         target = out / f"alpha-{a:g}"
         if not (target / "transform.json").is_file():
-            cfg = TrainConfig(
-                weights=str(w),
-                images=[str(p) for p in images],
-                scenes=[str(p) for p in scenes],
-                alpha=a,
+            cfg = _config(
+                w,
+                images,
+                scenes,
+                a,
+                granularity,
                 split=split,
                 train_tail=train_tail,
-                granularity=granularity,  # type: ignore[arg-type]
                 steps=steps,
                 samples=samples,
                 input_size=size,
