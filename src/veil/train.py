@@ -2,7 +2,8 @@
 
 The task loss is label-free by default: the noisy model must reproduce the clean model's own scores
 and box regressions on the same image (distillation), so a user needs only unlabeled images from their
-domain. The clean head's activations and the clean outputs are computed once and cached; each step
+domain. With face boxes (``task="multibox"``) it is FaceBoxes' supervised MultiBox loss instead.
+The clean head's activations and the clean outputs are computed once and cached; each step
 then costs only the tail. Optionally the tail is fine-tuned jointly (``train_tail``), which buys
 accuracy at every alpha. Works under ``torchrun`` (DDP; gloo on CPU).
 """
@@ -27,6 +28,7 @@ from veil.artifact import save_transform
 from veil.imageio import preprocess
 from veil.models import create_model, get_spec, split_model
 from veil.models.checkpoint import sha256_file
+from veil.multibox import multibox_loss
 from veil.noise import Granularity, NoiseTransform, snr_db
 
 
@@ -38,6 +40,10 @@ class TrainConfig:
     images: list[str]
     alpha: float
     scenes: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)  # annotated datasets (FDDB or WIDER layout)
+    labels_part: str = "all"  # "train": only the half that evaluation's "test" part never sees
+    task: str = "distill"  # or "multibox" (supervised, needs labels)
+    scene_fraction: float = 0.25  # share of samples cropped from scenes (the rest: photo mosaics)
     model: str = "faceboxes"
     split: str = "inception3"
     train_tail: bool = True
@@ -63,6 +69,8 @@ class Cache:
     activations: Tensor  # [S, C, H, W]
     face_prob: Tensor  # [S, A]
     loc: Tensor  # [S, A, 4]
+    loc_target: Tensor | None = None  # [S, A, 4] matched boxes (multibox only)
+    label: Tensor | None = None  # [S, A] 1 = face anchor (multibox only)
 
 
 @torch.no_grad()
@@ -101,6 +109,33 @@ def privacy_loss(noise: NoiseTransform) -> Tensor:
 
 
 # -- the run -----------------------------------------------------------------------------------
+def _prepare(
+    cfg: TrainConfig, head: nn.Module, tail: nn.Module, rank: int, world: int, progress: bool
+) -> Cache:
+    """Training samples for this rank, their clean activations and outputs, and (multibox) targets."""
+    from veil.data import load_dataset
+    from veil.data.images import training_samples
+    from veil.multibox import labeled_samples, match_samples
+
+    labeled = [load_dataset(d).part(cfg.labels_part) for d in cfg.labels]
+    if cfg.task == "multibox":
+        samples = labeled_samples(labeled, cfg.samples, cfg.input_size, cfg.seed, progress)[rank::world]
+        cache = build_cache(head, tail, [s.image for s in samples], cfg.input_size, progress)
+        cache.loc_target, cache.label = match_samples(samples, cfg.input_size)
+        return cache
+    extra = [img.path for d in labeled for img in d.images]  # boxes unused: unlabeled target-domain scenes
+    images = training_samples(
+        cfg.images,
+        cfg.scenes,
+        count=cfg.samples,
+        size=cfg.input_size,
+        scene_fraction=cfg.scene_fraction,
+        seed=cfg.seed,
+        scene_files=extra,
+    )
+    return build_cache(head, tail, images[rank::world], cfg.input_size, progress)
+
+
 def _dist_info() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
@@ -135,8 +170,6 @@ def train(
     Progress is checkpointed beside ``out``; a rerun resumes there. ``stop_after`` ends this run early
     at that step (leaving only the checkpoint), e.g. to fit a time-boxed job.
     """
-    from veil.data.images import training_samples
-
     rank, world = _dist_info()
     out = Path(out)
     work = out.with_name(f".{out.name}.work")
@@ -145,9 +178,7 @@ def train(
     spec = get_spec(cfg.model)
     model = create_model(cfg.model, cfg.weights)
     head, tail = split_model(model, cfg.split)
-    images = training_samples(cfg.images, cfg.scenes, count=cfg.samples, size=cfg.input_size, seed=cfg.seed)
-    images = images[rank::world]
-    cache = build_cache(head, tail, images, cfg.input_size, progress=progress and rank == 0)
+    cache = _prepare(cfg, head, tail, rank, world, progress and rank == 0)
     act_std = float(cache.activations.std())
     if world > 1:  # every rank must build the same noise (same smax), or DDP replicas diverge
         std = torch.tensor([act_std])
@@ -194,7 +225,10 @@ def train(
             noise.suppress_above(cfg.suppress_factor * noise.smax)
         idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
         loc, conf = ddp(cache.activations[idx])
-        task = distillation_loss(loc, conf, cache.face_prob[idx], cache.loc[idx])
+        if cache.label is not None and cache.loc_target is not None:
+            task = multibox_loss(loc, conf, cache.loc_target[idx], cache.label[idx])
+        else:
+            task = distillation_loss(loc, conf, cache.face_prob[idx], cache.loc[idx])
         priv = privacy_loss(noise)
         loss = (1 - cfg.alpha) * task + cfg.alpha * priv
         opt.zero_grad(set_to_none=True)
@@ -224,7 +258,14 @@ def train(
             "base_weights_sha256": sha256_file(Path(cfg.weights)),
             "base_weights_name": Path(cfg.weights).name,
             "train": asdict(cfg) | {"world_size": world, "activation_std": act_std},
-            "training_data": {"photo_dirs": cfg.images, "scene_dirs": cfg.scenes, "samples": cfg.samples},
+            "training_data": {
+                "photo_dirs": cfg.images,
+                "scene_dirs": cfg.scenes,
+                "label_dirs": cfg.labels,
+                "labels_part": cfg.labels_part,
+                "task": cfg.task,
+                "samples": cfg.samples,
+            },
             "metrics": metrics,
         }
         tail_state = {k: v for k, v in tail.state_dict().items()} if cfg.train_tail else None

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from veil.cli.common import WeightsOpt, resolve_weights, set_threads
+from veil.data.labels import PARTS
 from veil.errors import VeilError
 
 if TYPE_CHECKING:
@@ -28,6 +29,19 @@ def _config(
     _check_alpha(alpha)
     if granularity not in ("element", "channel"):
         raise VeilError(f"--granularity must be element or channel, got {granularity!r}")
+    task = options.get("task", "distill")
+    labels = options.get("labels", [])
+    if task not in ("distill", "multibox"):
+        raise VeilError(f"--task must be distill or multibox, got {task!r}")
+    if task == "multibox" and (not labels or images or scenes):
+        raise VeilError("--task multibox trains on boxes: pass --labels DIR (and no --images/--scenes)")
+    if not (images or scenes or labels):
+        raise VeilError("no training data: pass --images DIR (photos), --scenes DIR or --labels DIR")
+    if options.get("labels_part", "all") not in PARTS:
+        raise VeilError(f"--labels-part must be one of {', '.join(PARTS)}")
+    if not 0.0 <= options.get("scene_fraction", 0.25) <= 1.0:
+        raise VeilError("--scene-fraction must be in [0, 1]")
+    options["labels"] = [str(p) for p in labels]
     return TrainConfig(
         weights=str(weights),
         images=[str(p) for p in images],
@@ -40,14 +54,18 @@ def _config(
 
 def train(
     weights: Path | None = WeightsOpt,
-    images: list[Path] = typer.Option(
-        ..., "--images", "-i", help="Unlabeled photos (mosaicked); repeatable."
-    ),
+    images: list[Path] = typer.Option([], "--images", "-i", help="Unlabeled photos (mosaicked); repeatable."),
     alpha: float = typer.Option(..., help="0 = accuracy only ... towards 1 = hide as much as possible."),
     out: Path = typer.Option(..., "--out", "-o", help="Transform directory to write."),
     scenes: list[Path] = typer.Option(
         [], "--scenes", help="Real multi-face scenes to crop from; repeatable."
     ),
+    labels: list[Path] = typer.Option(
+        [], "--labels", help="Annotated dataset (FDDB/WIDER layout): boxes for --task multibox, else scenes."
+    ),
+    labels_part: str = typer.Option("all", help="Use this half of --labels: all, train or test."),
+    task: str = typer.Option("distill", help="distill (label-free, default) or multibox (supervised)."),
+    scene_fraction: float = typer.Option(0.25, help="Share of samples cropped from scenes."),
     split: str = typer.Option("inception3", help="Split point: rdcl (reference design) or inception1..3."),
     train_tail: bool = typer.Option(True, "--train-tail/--noise-only", help="Fine-tune the tail jointly."),
     granularity: str = typer.Option(
@@ -77,6 +95,10 @@ def train(
         batch_size=batch_size,
         input_size=size,
         seed=seed,
+        labels=labels,
+        labels_part=labels_part,
+        task=task,
+        scene_fraction=scene_fraction,
     )
     set_threads(threads)
     metrics = run(cfg, out, progress=not quiet)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from veil.errors import InputError
 from veil.imageio import list_images, load_image
 
 GRID_CHOICES = (1, 2, 3, 4, 6, 8, 12, 16)  # faces from ~400 px down to ~25 px at 1024^2
@@ -63,6 +64,7 @@ def training_samples(
     scene_fraction: float = 0.25,
     seed: int = 0,
     max_photos: int = 2000,
+    scene_files: Sequence[str | Path] = (),
 ) -> list[Tensor]:
     """``count`` uint8 images (size x size): mosaics of photos, plus crops of scenes if given.
 
@@ -71,11 +73,14 @@ def training_samples(
     rng = random.Random(seed)
     photo_files = [p for d in photo_dirs for p in list_images(d)]
     rng.shuffle(photo_files)
+    if not photo_files and not (scene_dirs or scene_files):
+        raise InputError("no training images: pass --images, --scenes or --labels")
     photos = [load_image(p) for p in photo_files[:max_photos]]
-    scenes = [load_image(p) for d in scene_dirs for p in list_images(d)]
+    scene_paths = [p for d in scene_dirs for p in list_images(d)] + [Path(p) for p in scene_files]
+    scenes = [load_image(p) for p in scene_paths]
     out = []
     for _ in range(count):
-        if scenes and rng.random() < scene_fraction:
+        if scenes and (not photos or rng.random() < scene_fraction):
             out.append(scene_crop(scenes[rng.randrange(len(scenes))], size, rng))
         else:
             out.append(mosaic(photos, rng.choice(GRID_CHOICES), size, rng))

@@ -6,6 +6,7 @@ Groups (FDDB folds, WIDER events) are the unit of sharding, so per-group results
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -16,6 +17,12 @@ import numpy as np
 from veil.errors import DatasetError
 
 _LEADING_INT = re.compile(r"^(\d+)")
+PARTS = ("all", "train", "test")
+
+
+def image_part(name: str) -> str:
+    """ "train" or "test": the half an image belongs to (a hash of its name, stable everywhere)."""
+    return "train" if hashlib.sha256(name.encode()).digest()[0] % 2 == 0 else "test"
 
 
 def group_sort_key(group: str) -> tuple[int, int, str]:
@@ -128,6 +135,19 @@ class LabeledDataset:
             raise DatasetError(f"shard index {index} is out of range for {num_shards} shard(s)")
         keep = {g for i, g in enumerate(self.groups) if i % num_shards == index}
         return self._subset(keep)
+
+    def part(self, name: str) -> LabeledDataset:
+        """A fixed half of the images, for training on one and measuring on the other ("all": everything).
+
+        An image is in "train" or "test" by a hash of its name, so the split is stable across runs,
+        machines and dataset orderings, and needs no extra file. Missing names stay with every part.
+        """
+        if name == "all":
+            return self
+        if name not in PARTS:
+            raise DatasetError(f"unknown part {name!r}; choose one of: {', '.join(PARTS)}")
+        images = [img for img in self.images if image_part(img.name) == name]
+        return LabeledDataset(f"{self.name}[{name}]", images, list(self.missing), list(self.missing_groups))
 
     def _subset(self, keep: set[str]) -> LabeledDataset:
         images = [img for img in self.images if img.group in keep]
