@@ -2,7 +2,9 @@
 
     python scripts/evaluate_shipped.py [--draws 3] [--out reports/shipped]
 
-Writes one sweep-style folder per dataset (table.md, table.csv, sweep.json, accuracy_vs_alpha.png).
+A dataset may name a half, e.g. ``mask-scenes:test`` (the images a transform trained on the other half
+never saw). Writes one sweep-style folder per dataset
+(table.md, table.csv, sweep.json, accuracy_vs_alpha.png).
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ def main() -> None:
         (meta.parent for meta in SHIPPED_DIR.glob("*/transform.json")),
         key=lambda p: (p.name.split("-alpha")[0], float(p.name.split("alpha")[1])),
     )
-    for name in args.datasets.split(","):
-        data = load_dataset(SHARED / "data" / name)
+    for spec in args.datasets.split(","):
+        name, _, part = spec.partition(":")
+        data = load_dataset(SHARED / "data" / name).part(part or "all")
+        name = name if not part else f"{name}-{part}"
         rows = [evaluate_transform(weights, None, data, 1)]
         for path in transforms:
             row = evaluate_transform(weights, path, data, args.draws, clean_ap=rows[0].ap)

@@ -53,6 +53,7 @@ def eval_main(
     dataset: Path | None = typer.Option(None, "--dataset", "-d", help="FDDB or WIDER FACE root folder."),
     weights: Path | None = WeightsOpt,
     folds: str | None = typer.Option(None, help="FDDB folds to use, e.g. 1,6 (default: all present)."),
+    part: str = typer.Option("all", help="all, or the train/test half (images a transform never saw: test)."),
     size: int | None = typer.Option(
         None, help="Fixed square input size [default: 1024, or the transform's]."
     ),
@@ -97,7 +98,7 @@ def eval_main(
             "missing --dataset: pass an FDDB root (FDDB-folds/ + originalPics/) or a WIDER FACE root"
         )
     set_threads(threads)
-    data = load_dataset(dataset, folds=_parse_folds(folds), skip_missing=skip_missing)
+    data = load_dataset(dataset, folds=_parse_folds(folds), skip_missing=skip_missing).part(part)
     if data.missing:
         typer.echo(
             f"skipped {len(data.missing)} images with missing files (first: {data.missing[0]})", err=True

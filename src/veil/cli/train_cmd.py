@@ -113,6 +113,7 @@ def sweep(
     weights: Path | None = WeightsOpt,
     images: list[Path] = typer.Option(..., "--images", "-i", help="Unlabeled training photos; repeatable."),
     dataset: Path = typer.Option(..., "--dataset", "-d", help="FDDB/WIDER folder to measure AP on."),
+    part: str = typer.Option("all", help="Measure on all of --dataset or its train/test half."),
     alphas: str = typer.Option("0.05,0.1,0.2,0.4,0.6,0.8,0.9,0.95", help="Comma-separated alphas."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (transforms + table + plot)."),
     scenes: list[Path] = typer.Option([], "--scenes", help="Real scenes to crop from; repeatable."),
@@ -139,7 +140,7 @@ def sweep(
     for a in values:
         _check_alpha(a)
     w = resolve_weights(weights)
-    data = load_dataset(dataset)
+    data = load_dataset(dataset).part(part)
     rows = [evaluate_transform(w, None, data, 1)]
     for a in values:
         target = out / f"alpha-{a:g}"
