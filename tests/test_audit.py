@@ -335,3 +335,21 @@ def test_per_element_transform_is_refused_at_another_size(weights: Path, tmp_pat
     tdir = save_transform(tmp_path / "el", noise, {"split": "rdcl", "alpha": 0.3, "input_size": [256, 256]})
     with pytest.raises(InputError, match="per-element"):
         run_audit(weights, [tdir], tmp_path, [tmp_path], tmp_path / "out", size=512, progress=False)
+
+
+def test_sweep_rows_join_by_directory_then_name_then_unique_alpha(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from veil.audit import _join_sweep
+
+    rows = [
+        {"alpha": 0.8, "retained": 0.4, "transform": "faceboxes-inception3-alpha0.8"},
+        {"alpha": 0.8, "retained": 0.3, "transform": "faceboxes-rdcl-alpha0.8"},
+        {"alpha": 0.2, "retained": 0.97, "transform": None},
+    ]
+    rdcl = SimpleNamespace(path=tmp_path / "faceboxes-rdcl-alpha0.8", alpha=0.8)
+    assert _join_sweep(rows, rdcl)["retained"] == 0.3  # type: ignore[arg-type,index]
+    other = SimpleNamespace(path=tmp_path / "mine-0.8", alpha=0.8)
+    assert _join_sweep(rows, other) is None  # type: ignore[arg-type]  # two rows with alpha 0.8: no guess
+    low = SimpleNamespace(path=tmp_path / "mine-0.2", alpha=0.2)
+    assert _join_sweep(rows, low)["retained"] == 0.97  # type: ignore[arg-type,index]

@@ -98,10 +98,14 @@ def _sweep_rows(sweep: Path | None) -> list[dict[str, Any]]:
 
 
 def _join_sweep(rows: list[dict[str, Any]], tr: Transform) -> dict[str, Any] | None:
-    """The sweep row of this transform: same directory, else the only row with its alpha."""
-    for r in rows:
-        if r.get("transform") and tr.path and Path(r["transform"]).resolve() == tr.path.resolve():
+    """The sweep row of this transform: same directory, else same folder name, else its alpha alone."""
+    named = [r for r in rows if r.get("transform") and tr.path]
+    for r in named:
+        if Path(r["transform"]).resolve() == tr.path.resolve():  # type: ignore[union-attr]
             return r
+    by_name = [r for r in named if Path(r["transform"]).name == tr.path.name]  # type: ignore[union-attr]
+    if len(by_name) == 1:
+        return by_name[0]
     same = [r for r in rows if math.isclose(float(r["alpha"]), tr.alpha)]
     return same[0] if len(same) == 1 else None
 

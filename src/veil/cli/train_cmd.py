@@ -74,6 +74,7 @@ def train(
     steps: int = typer.Option(400, help="Optimisation steps."),
     samples: int = typer.Option(256, help="Training samples (mosaics/crops) cached once."),
     batch_size: int = typer.Option(8, help="Samples per step (per process under torchrun)."),
+    lr_tail: float = typer.Option(3e-5, help="Learning rate of the tail (with --train-tail)."),
     size: int = typer.Option(1024, help="Input size the transform is trained for."),
     seed: int = typer.Option(0, help="Seed of the data augmentation (the noise itself stays OS-seeded)."),
     threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
@@ -99,6 +100,7 @@ def train(
         labels_part=labels_part,
         task=task,
         scene_fraction=scene_fraction,
+        lr_tail=lr_tail,
     )
     set_threads(threads)
     metrics = run(cfg, out, progress=not quiet)
