@@ -181,3 +181,26 @@ def test_server_refuses_a_busy_port_at_once() -> None:
         config = ServerConfig(http_port=port, grpc_port=port + 1, metrics_port=port + 2)
         with pytest.raises(ServingError, match=f"127.0.0.1:{port}"):
             VeilServer({BASE_MODEL: ex.ScoresTail(FakeTail())}, config).start()
+
+
+def test_onnx_repository_matches_the_tail(repo: dict[str, Any], fddb_sample: Path, tmp_path: Path) -> None:
+    """``--onnx``: model.onnx files for onnxruntime_onnx, checked by ONNX Runtime on a real activation."""
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "onnx_repository"
+    result = ex.export_triton_repository(out, repo["base"], repo["noisy"], onnx=True)
+    img = load_image(sorted(fddb_sample.rglob("*.jpg"))[0])
+    with torch.inference_mode():
+        act = repo["head"](preprocess([img]).tensor)
+        batch = torch.cat([act, act * 0.5])  # batch 2 exercises the dynamic batch axis
+        for name, tail in ((BASE_MODEL, repo["base"]), (NOISY_MODEL, repo["noisy"])):
+            cfg = ex.parse_model_config(out / name / "config.pbtxt")
+            assert cfg.platform == "onnxruntime_onnx"  # type: ignore[attr-defined]
+            assert "INFERENCE_MODE" not in cfg.parameters  # type: ignore[attr-defined]
+            assert result.max_abs_diff[name] < 1e-4
+            session = ort.InferenceSession(str(out / name / "1" / "model.onnx"))
+            loc, scores = session.run(None, {"INPUT__0": batch.numpy()})
+            want_loc, want_conf = tail(batch)
+            assert abs(loc - want_loc.numpy()).max() < 1e-4
+            assert abs(scores - torch.softmax(want_conf, -1).numpy()).max() < 1e-4
+    with pytest.raises(ServingError, match="ONNX repository"):
+        ex.load_repository(out)  # veil serve runs TorchScript; ONNX is for the user's own Triton

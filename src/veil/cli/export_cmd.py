@@ -23,6 +23,7 @@ def export_triton(
     overwrite: bool = False,
     tail_state_dict: Mapping[str, torch.Tensor] | None = None,
     transform: Path | None = None,
+    onnx: bool = False,
 ) -> None:
     """The command's body, callable with a noise-trained tail (``tail_state_dict``) for the noisy model."""
     from veil.serve.export import build_tails, export_triton_repository
@@ -33,11 +34,19 @@ def export_triton(
 
         noisy = transform_tail(weights, transform)
     result = export_triton_repository(
-        out, base, noisy, gpu=gpu, max_batch_size=max_batch_size, instances=instances, overwrite=overwrite
+        out,
+        base,
+        noisy,
+        gpu=gpu,
+        max_batch_size=max_batch_size,
+        instances=instances,
+        overwrite=overwrite,
+        onnx=onnx,
     )
     kind = "KIND_GPU" if gpu else "KIND_CPU"
+    what = "ONNX (onnxruntime_onnx)" if onnx else "TorchScript"
     for name, diff in result.max_abs_diff.items():
-        typer.echo(f"{name}: TorchScript matches the PyTorch tail (max abs diff {diff:.2g}), {kind}")
+        typer.echo(f"{name}: {what} matches the PyTorch tail (max abs diff {diff:.2g}), {kind}")
     if tail_state_dict is None and transform is None:
         typer.echo("note: no noise-trained tail given: face_detection_noisy carries the base weights")
     typer.echo(f"model repository -> {result.path}")
@@ -54,8 +63,9 @@ def triton(
     transform: Path | None = typer.Option(
         None, "--transform", "-t", help="Transform directory: face_detection_noisy gets its tail."
     ),
+    onnx: bool = typer.Option(False, "--onnx", help="ONNX for onnxruntime_onnx, not TorchScript."),
 ) -> None:
-    """Write face_detection_base and face_detection_noisy (TorchScript, pytorch_libtorch) for Triton."""
+    """Write face_detection_base and face_detection_noisy for Triton (TorchScript, or ONNX with --onnx)."""
     export_triton(
         resolve_weights(weights),
         out,
@@ -64,4 +74,5 @@ def triton(
         instances=instances,
         overwrite=overwrite,
         transform=transform,
+        onnx=onnx,
     )
