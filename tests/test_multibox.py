@@ -105,6 +105,7 @@ def test_tiny_multibox_run_lowers_the_task_loss(weights: Path, mask_scenes: Path
         (["--task", "regress", "--labels", "x"], "--task must be"),
         (["--labels-part", "half", "--labels", "x"], "--labels-part"),
         ([], "no training data"),
+        (["--privacy", "most", "--images", "x"], "--privacy"),
     ],
 )
 def test_train_cli_rejects_bad_task_options(

@@ -198,3 +198,21 @@ def test_sweep_tiny_writes_table_csv_png(weights: Path, shared_dir: Path, tmp_pa
     assert png.shape[0] in (3, 4) and png.shape[1] > 100
     sweep = json.loads((out / "sweep.json").read_text())
     assert sweep["rows"][2]["mean_sigma"] > sweep["rows"][1]["mean_sigma"]
+
+
+def test_relative_privacy_loss_rewards_the_cleanest_channel_most() -> None:
+    from veil.noise import NoiseTransform
+    from veil.train import privacy_loss
+
+    noise = NoiseTransform((4, 2, 2), smin=0.0, smax=4.0, granularity="channel", seed=0)
+    noise.requires_grad_(False)
+    std = noise.sigma().detach().mean(dim=(1, 2), keepdim=True).clone()  # sigma / std = 1 everywhere
+    assert abs(float(privacy_loss(noise, std))) < 1e-4
+    gains = []
+    for c in range(2):  # raise channel c's std: its sigma/std falls, the loss must rise
+        s = std.clone()
+        s[c] *= 4.0 if c == 0 else 1.5
+        gains.append(float(privacy_loss(noise, s)))
+    assert gains[0] > gains[1] > 0  # a nearly clean channel costs more than a mildly clean one
+    plain = float(privacy_loss(noise))
+    assert plain == pytest.approx(-float(torch.log(noise.sigma().mean())))

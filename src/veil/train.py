@@ -44,6 +44,7 @@ class TrainConfig:
     labels_part: str = "all"  # "train": only the half that evaluation's "test" part never sees
     task: str = "distill"  # or "multibox" (supervised, needs labels)
     scene_fraction: float = 0.25  # share of samples cropped from scenes (the rest: photo mosaics)
+    privacy: str = "mean"  # "mean": -log mean sigma (Cloak); "relative": -mean log(sigma / channel std)
     model: str = "faceboxes"
     split: str = "inception3"
     train_tail: bool = True
@@ -103,9 +104,15 @@ def distillation_loss(loc: Tensor, conf: Tensor, t_prob: Tensor, t_loc: Tensor) 
     return ce.mean() + 0.0 * loc.sum()  # no faces in this batch: loc still in the graph (DDP needs it)
 
 
-def privacy_loss(noise: NoiseTransform) -> Tensor:
-    """-log(mean sigma): more noise is better, with diminishing returns."""
-    return -torch.log(noise.sigma().mean())
+def privacy_loss(noise: NoiseTransform, channel_std: Tensor | None = None) -> Tensor:
+    """-log(mean sigma): more noise is better, with diminishing returns.
+
+    With ``channel_std`` ([C, 1, 1]): -mean log(sigma / std) instead, diminishing returns *per channel*
+    relative to its own signal, so no channel can stay nearly clean while others absorb the noise.
+    """
+    if channel_std is None:
+        return -torch.log(noise.sigma().mean())
+    return -torch.log(noise.sigma() / channel_std + 1e-6).mean()
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -191,6 +198,12 @@ def train(
         granularity=cfg.granularity,
         seed=None,
     )
+    channel_std = None
+    if cfg.privacy == "relative":
+        channel_std = cache.activations.std(dim=(0, 2, 3)).clamp_min(1e-3).view(-1, 1, 1)
+        if world > 1:
+            dist.all_reduce(channel_std)
+            channel_std /= world
     tail.requires_grad_(cfg.train_tail)
     module = _Trainable(noise, tail)
     module.tail.eval()  # frozen BatchNorm statistics: fine-tuning must not drift them
@@ -229,7 +242,7 @@ def train(
             task = multibox_loss(loc, conf, cache.loc_target[idx], cache.label[idx])
         else:
             task = distillation_loss(loc, conf, cache.face_prob[idx], cache.loc[idx])
-        priv = privacy_loss(noise)
+        priv = privacy_loss(noise, channel_std)
         loss = (1 - cfg.alpha) * task + cfg.alpha * priv
         opt.zero_grad(set_to_none=True)
         loss.backward()

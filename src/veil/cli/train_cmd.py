@@ -37,6 +37,8 @@ def _config(
         raise VeilError("--task multibox trains on boxes: pass --labels DIR (and no --images/--scenes)")
     if not (images or scenes or labels):
         raise VeilError("no training data: pass --images DIR (photos), --scenes DIR or --labels DIR")
+    if options.get("privacy", "mean") not in ("mean", "relative"):
+        raise VeilError(f"--privacy must be mean or relative, got {options['privacy']!r}")
     if options.get("labels_part", "all") not in PARTS:
         raise VeilError(f"--labels-part must be one of {', '.join(PARTS)}")
     if not 0.0 <= options.get("scene_fraction", 0.25) <= 1.0:
@@ -75,6 +77,7 @@ def train(
     samples: int = typer.Option(256, help="Training samples (mosaics/crops) cached once."),
     batch_size: int = typer.Option(8, help="Samples per step (per process under torchrun)."),
     lr_tail: float = typer.Option(3e-5, help="Learning rate of the tail (with --train-tail)."),
+    privacy: str = typer.Option("mean", help="mean: -log mean sigma (Cloak); relative: per-channel SNR."),
     size: int = typer.Option(1024, help="Input size the transform is trained for."),
     seed: int = typer.Option(0, help="Seed of the data augmentation (the noise itself stays OS-seeded)."),
     threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
@@ -101,6 +104,7 @@ def train(
         task=task,
         scene_fraction=scene_fraction,
         lr_tail=lr_tail,
+        privacy=privacy,
     )
     set_threads(threads)
     metrics = run(cfg, out, progress=not quiet)
