@@ -122,3 +122,19 @@ def test_sharded_then_merged_equals_unsharded(
     assert "FDDB Dataset Average AP: " + repr(a["average_ap"]) in result.output
     overlap = runner.invoke(app, ["eval", "merge", str(parts[0]), str(parts[0])])
     assert overlap.exit_code != 0
+
+
+def test_eval_part_splits_the_images_in_two(fddb_sample: Path, weights: Path) -> None:
+    import re
+
+    from veil.data import load_dataset
+
+    counts = {}
+    for part in ("train", "test"):
+        text = _eval("--dataset", str(fddb_sample), "--weights", str(weights), "--part", part)
+        counts[part] = int(re.search(r"over (\d+) images", text).group(1))  # type: ignore[union-attr]
+    assert counts["train"] + counts["test"] == len(load_dataset(fddb_sample))
+    assert counts["train"] == len(load_dataset(fddb_sample).part("train"))
+    args = ["eval", "--dataset", str(fddb_sample), "--weights", str(weights), "--part", "x"]
+    bad = runner.invoke(app, args)
+    assert bad.exit_code != 0 and "unknown part" in str(bad.exception)
