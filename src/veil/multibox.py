@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -105,10 +106,13 @@ def labeled_samples(
     if not pool:
         raise InputError("no annotated images to train on: check --labels and --labels-part")
     order = [pool[rng.randrange(len(pool))] for _ in range(count)]
+    decoded: dict[Path, Tensor] = {}  # an image drawn several times is decoded once
     out = []
     for item in tqdm(order, desc="cropping annotated images", disable=not progress, unit="img"):
+        if item.path not in decoded:
+            decoded[item.path] = load_image(item.path)
         boxes = item.boxes if item.ignore is None else item.boxes[~item.ignore]
-        out.append(random_crop(load_image(item.path), boxes, size, rng))
+        out.append(random_crop(decoded[item.path], boxes, size, rng))
     return out
 
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from veil.artifact import save_transform
+from veil.errors import InputError
 from veil.imageio import preprocess
 from veil.models import create_model, get_spec, split_model
 from veil.models.checkpoint import sha256_file
@@ -60,6 +61,23 @@ class TrainConfig:
     suppress_from: float = 0.7  # ... from this fraction of the steps on (the rest adapts to the mask)
     seed: int = 0
     log_every: int = 10
+
+    def __post_init__(self) -> None:
+        """Refuse option values the run would otherwise silently ignore (CLI and library alike)."""
+        from veil.data.labels import PARTS
+
+        if self.task not in ("distill", "multibox"):
+            raise InputError(f"--task must be distill or multibox, got {self.task!r}")
+        if self.task == "multibox" and (not self.labels or self.images or self.scenes):
+            raise InputError("--task multibox trains on boxes: pass --labels DIR (and no --images/--scenes)")
+        if not (self.images or self.scenes or self.labels):
+            raise InputError("no training data: pass --images DIR (photos), --scenes DIR or --labels DIR")
+        if self.privacy not in ("mean", "relative"):
+            raise InputError(f"--privacy must be mean or relative, got {self.privacy!r}")
+        if self.labels_part not in PARTS:
+            raise InputError(f"--labels-part must be one of {', '.join(PARTS)}, got {self.labels_part!r}")
+        if not 0.0 <= self.scene_fraction <= 1.0:
+            raise InputError(f"--scene-fraction must be in [0, 1], got {self.scene_fraction}")
 
 
 # -- cache -------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from veil.cli.common import WeightsOpt, resolve_weights, set_threads
-from veil.data.labels import PARTS
 from veil.errors import VeilError
 
 if TYPE_CHECKING:
@@ -29,21 +28,7 @@ def _config(
     _check_alpha(alpha)
     if granularity not in ("element", "channel"):
         raise VeilError(f"--granularity must be element or channel, got {granularity!r}")
-    task = options.get("task", "distill")
-    labels = options.get("labels", [])
-    if task not in ("distill", "multibox"):
-        raise VeilError(f"--task must be distill or multibox, got {task!r}")
-    if task == "multibox" and (not labels or images or scenes):
-        raise VeilError("--task multibox trains on boxes: pass --labels DIR (and no --images/--scenes)")
-    if not (images or scenes or labels):
-        raise VeilError("no training data: pass --images DIR (photos), --scenes DIR or --labels DIR")
-    if options.get("privacy", "mean") not in ("mean", "relative"):
-        raise VeilError(f"--privacy must be mean or relative, got {options['privacy']!r}")
-    if options.get("labels_part", "all") not in PARTS:
-        raise VeilError(f"--labels-part must be one of {', '.join(PARTS)}")
-    if not 0.0 <= options.get("scene_fraction", 0.25) <= 1.0:
-        raise VeilError("--scene-fraction must be in [0, 1]")
-    options["labels"] = [str(p) for p in labels]
+    options["labels"] = [str(p) for p in options.get("labels", [])]
     return TrainConfig(
         weights=str(weights),
         images=[str(p) for p in images],
