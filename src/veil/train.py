@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from veil.adversary import OnlineAttacker, adversary_photos, build_online_attacker
 from veil.artifact import save_transform
 from veil.errors import InputError
-from veil.imageio import preprocess
+from veil.imageio import list_images, preprocess
 from veil.models import create_model, get_spec, split_model
 from veil.models.checkpoint import sha256_file
 from veil.multibox import multibox_loss
@@ -45,7 +46,9 @@ class TrainConfig:
     labels_part: str = "all"  # "train": only the half that evaluation's "test" part never sees
     task: str = "distill"  # or "multibox" (supervised, needs labels)
     scene_fraction: float = 0.25  # share of samples cropped from scenes (the rest: photo mosaics)
-    privacy: str = "mean"  # "mean": -log mean sigma (Cloak); "relative": -mean log(sigma / channel std)
+    privacy: str = "mean"  # "mean": -log mean sigma (Cloak); "relative": -mean log(sigma / channel std);
+    # "adversarial": -log mean sigma + adversary_weight * (how far an online decoder beats the mean image)
+    adversary_weight: float = 1.0
     model: str = "faceboxes"
     split: str = "inception3"
     train_tail: bool = True
@@ -72,8 +75,12 @@ class TrainConfig:
             raise InputError("--task multibox trains on boxes: pass --labels DIR (and no --images/--scenes)")
         if not (self.images or self.scenes or self.labels):
             raise InputError("no training data: pass --images DIR (photos), --scenes DIR or --labels DIR")
-        if self.privacy not in ("mean", "relative"):
-            raise InputError(f"--privacy must be mean or relative, got {self.privacy!r}")
+        if self.privacy not in ("mean", "relative", "adversarial"):
+            raise InputError(f"--privacy must be mean, relative or adversarial, got {self.privacy!r}")
+        if self.privacy == "adversarial" and self.granularity != "channel":
+            raise InputError(
+                "--privacy adversarial needs --granularity channel (photos are attacked at their size)"
+            )
         if self.labels_part not in PARTS:
             raise InputError(f"--labels-part must be one of {', '.join(PARTS)}, got {self.labels_part!r}")
         if not 0.0 <= self.scene_fraction <= 1.0:
@@ -181,9 +188,14 @@ class _Trainable(nn.Module):
         return out
 
 
-def _save_checkpoint(path: Path, step: int, module: _Trainable, opt: torch.optim.Optimizer) -> None:
+def _save_checkpoint(
+    path: Path, step: int, module: _Trainable, opt: torch.optim.Optimizer, attacker: OnlineAttacker | None
+) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"step": step, "module": module.state_dict(), "optimizer": opt.state_dict()}, tmp)
+    state = {"step": step, "module": module.state_dict(), "optimizer": opt.state_dict()}
+    if attacker is not None:
+        state["attacker"] = attacker.state_dict()
+    torch.save(state, tmp)
     os.replace(tmp, path)
 
 
@@ -222,6 +234,14 @@ def train(
         if world > 1:
             dist.all_reduce(channel_std)
             channel_std /= world
+    attacker = None
+    if cfg.privacy == "adversarial":
+        photos = adversary_photos(
+            cfg.images, [p for d in cfg.scenes for p in list_images(d)], cfg.samples, cfg.seed
+        )
+        attacker = build_online_attacker(
+            head, photos, cfg.input_size // 2, seed=cfg.seed + rank, progress=progress
+        )
     tail.requires_grad_(cfg.train_tail)
     module = _Trainable(noise, tail)
     module.tail.eval()  # frozen BatchNorm statistics: fine-tuning must not drift them
@@ -239,11 +259,13 @@ def train(
         module.load_state_dict(state["module"])
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
+        if attacker is not None and "attacker" in state:
+            attacker.load_state_dict(state["attacker"])
     log_path = work / ("train_log.csv" if rank == 0 else f"train_log.rank{rank}.csv")
-    log_file = log_path.open("a", newline="")
+    log_file = log_path.open("a" if start else "w", newline="")
     log = csv.writer(log_file)
     if start == 0:
-        log.writerow(["step", "loss", "task", "privacy", "mean_sigma"])
+        log.writerow(["step", "loss", "task", "privacy", "mean_sigma", "attack_vs_floor"])
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     n = cache.activations.shape[0]
     t0 = time.perf_counter()
@@ -261,17 +283,21 @@ def train(
         else:
             task = distillation_loss(loc, conf, cache.face_prob[idx], cache.loc[idx])
         priv = privacy_loss(noise, channel_std)
+        attack_vs_floor = float("nan")
+        if attacker is not None:
+            term, attack_vs_floor = attacker.privacy_term(noise)
+            priv = priv + cfg.adversary_weight * term
         loss = (1 - cfg.alpha) * task + cfg.alpha * priv
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             sigma = float(noise.sigma().detach().mean())
-            log.writerow([step + 1, loss.item(), task.item(), priv.item(), sigma])
+            log.writerow([step + 1, loss.item(), task.item(), priv.item(), sigma, attack_vs_floor])
             log_file.flush()
             bar.set_postfix(loss=f"{loss.item():.3f}", task=f"{task.item():.3f}", sigma=f"{sigma:.3f}")
             if rank == 0:
-                _save_checkpoint(ckpt, step + 1, module, opt)
+                _save_checkpoint(ckpt, step + 1, module, opt, attacker)
         if stop_after is not None and step + 1 >= stop_after:
             log_file.close()
             return {"stopped_at": step + 1}

@@ -62,7 +62,11 @@ def train(
     samples: int = typer.Option(256, help="Training samples (mosaics/crops) cached once."),
     batch_size: int = typer.Option(8, help="Samples per step (per process under torchrun)."),
     lr_tail: float = typer.Option(3e-5, help="Learning rate of the tail (with --train-tail)."),
-    privacy: str = typer.Option("mean", help="mean: -log mean sigma (Cloak); relative: per-channel SNR."),
+    privacy: str = typer.Option(
+        "mean",
+        help="mean: -log mean sigma (Cloak); relative: per-channel SNR; adversarial: + online decoder.",
+    ),
+    adversary_weight: float = typer.Option(1.0, help="Weight of the online decoder's term (adversarial)."),
     size: int = typer.Option(1024, help="Input size the transform is trained for."),
     seed: int = typer.Option(0, help="Seed of the data augmentation (the noise itself stays OS-seeded)."),
     threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
@@ -90,6 +94,7 @@ def train(
         scene_fraction=scene_fraction,
         lr_tail=lr_tail,
         privacy=privacy,
+        adversary_weight=adversary_weight,
     )
     set_threads(threads)
     metrics = run(cfg, out, progress=not quiet)

@@ -1,0 +1,117 @@
+"""An attacker trained *during* transform training, so the noise learns what to hide.
+
+``-log mean sigma`` rewards noise wherever the detector does not need it, which is not the same as
+where an attacker finds the face: the detector's most useful channels stay nearly clean and a
+decoder recovers a coarse face from them. With ``privacy="adversarial"`` a small decoder (the audit's
+``veil-decoder/1`` recipe, thinner) learns online to reconstruct photos from released tensors (fresh
+noise every step, as the audit's attacker does), and the transform is also rewarded for raising that
+decoder's loss up to what the mean image scores (no information): the min-max game steers sigma to
+the channels that leak the face. Per-channel transforms only (the photos are audited at their own
+input size, where a per-element transform does not fit).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from veil.audit.attack import Decoder, _loss, head_activations, resize_uint8
+from veil.audit.metrics import to_unit
+from veil.errors import InputError
+from veil.imageio import list_images, load_image
+from veil.noise import NoiseTransform
+
+
+class OnlineAttacker:
+    """A decoder that chases the transform: one update per training step on fresh noise."""
+
+    def __init__(
+        self,
+        activations: Tensor,
+        targets: Tensor,
+        width: int = 64,
+        lr: float = 2e-3,
+        batch_size: int = 16,
+        ssim_weight: float = 0.5,
+        seed: int = 0,
+    ) -> None:
+        if activations.shape[0] != targets.shape[0] or activations.shape[0] < 2:
+            raise InputError("the online attacker needs at least two photos with activations and targets")
+        self.activations, self.targets = activations, to_unit(targets)
+        self.decoder = Decoder(activations.shape[1], activations.shape[-1], targets.shape[-1], width)
+        self.decoder.set_input_stats(activations)
+        self.opt = torch.optim.Adam(self.decoder.parameters(), lr=lr)
+        self.batch_size, self.ssim_weight = batch_size, ssim_weight
+        self.gen = torch.Generator().manual_seed(seed)
+        self.mean_image = self.targets.mean(0, keepdim=True)
+
+    def privacy_term(self, noise: NoiseTransform) -> tuple[Tensor, float]:
+        """Update the decoder once, then return the transform's term ``log(floor) - log(attack)``.
+
+        The term is >= 0 and reaches 0 once the decoder does no better than the mean image; its
+        gradient flows into mu and sigma only (the decoder is not moved by it). Also returns the
+        decoder's loss relative to the floor (1 = no information), for the training log.
+        """
+        n = self.activations.shape[0]
+        idx = torch.randint(0, n, (min(self.batch_size, n),), generator=self.gen)
+        clean, target = self.activations[idx], self.targets[idx]
+        released = _release(noise, clean, self.gen)
+        self.decoder.train()
+        attack = _loss(self.decoder(released.detach()), target, self.ssim_weight)
+        self.opt.zero_grad(set_to_none=True)
+        attack.backward()
+        self.opt.step()
+        self.decoder.requires_grad_(False)
+        try:
+            self.decoder.eval()  # BatchNorm: use running statistics, do not update them twice
+            attack = _loss(self.decoder(released), target, self.ssim_weight)
+        finally:
+            self.decoder.requires_grad_(True)
+        floor = _loss(self.mean_image.expand_as(target), target, self.ssim_weight).detach()
+        term = (torch.log(floor) - torch.log(attack)).clamp_min(0.0)
+        return term, float(attack.detach() / floor)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decoder": self.decoder.state_dict(), "optimizer": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decoder.load_state_dict(state["decoder"])
+        self.opt.load_state_dict(state["optimizer"])
+
+
+def _release(noise: NoiseTransform, clean: Tensor, gen: torch.Generator) -> Tensor:
+    """``noise`` applied to activations of another spatial size (a per-channel transform fits any)."""
+    eps = torch.randn(clean.shape, generator=gen, dtype=clean.dtype)
+    out = clean + noise.mu + noise.sigma() * eps
+    return torch.where(noise.keep, out, noise.mu.expand_as(out))
+
+
+def adversary_photos(
+    photo_dirs: Sequence[str | Path], scene_files: Sequence[str | Path], count: int, seed: int
+) -> list[Tensor]:
+    """The photos the online attacker learns from: the training photos (or scenes if there are none)."""
+    files = [p for d in photo_dirs for p in list_images(d)] or [Path(p) for p in scene_files]
+    if not files:
+        raise InputError("--privacy adversarial needs training photos (--images) or scenes to attack")
+    rng = random.Random(seed + 7)
+    rng.shuffle(files)
+    return [load_image(p) for p in files[:count]]
+
+
+def build_online_attacker(
+    head: nn.Module,
+    photos: Sequence[Tensor],
+    input_size: int,
+    output_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+) -> OnlineAttacker:
+    """Cache the head's clean activations of ``photos`` at ``input_size`` and their small targets."""
+    acts = head_activations(head, photos, input_size, desc="caching attacker photos", progress=progress)
+    targets = torch.stack([resize_uint8(p, output_size) for p in photos])
+    return OnlineAttacker(acts, targets, seed=seed)
