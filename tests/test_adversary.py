@@ -16,11 +16,11 @@ from veil.train import TrainConfig, train
 
 
 def _leaky_data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Channel 0 is the image (4x4 average), channel 1 is unrelated: only channel 0 leaks it."""
+    """Channel 0 is the image (4x4 average), channel 1 is the same for every image: only channel 0 leaks."""
     gen = torch.Generator().manual_seed(0)
     base = torch.rand(n, 1, 4, 4, generator=gen)
     targets = (F.interpolate(base, size=16, mode="bilinear").expand(n, 3, 16, 16) * 255).to(torch.uint8)
-    acts = torch.cat([base * 4 - 2, torch.randn(n, 1, 4, 4, generator=gen)], dim=1)
+    acts = torch.cat([base * 4 - 2, torch.randn(1, 1, 4, 4, generator=gen).expand(n, 1, 4, 4)], dim=1)
     return acts, targets
 
 

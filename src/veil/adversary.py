@@ -44,7 +44,8 @@ class OnlineAttacker:
             raise InputError("the online attacker needs at least two photos with activations and targets")
         self.activations, self.targets = activations, to_unit(targets)
         self.decoder = Decoder(activations.shape[1], activations.shape[-1], targets.shape[-1], width)
-        self.decoder.set_input_stats(activations)
+        self.clean_mean = activations.mean((0, 2, 3), keepdim=True)
+        self.clean_var = activations.var((0, 2, 3), keepdim=True)
         self.opt = torch.optim.Adam(self.decoder.parameters(), lr=lr)
         self.batch_size, self.ssim_weight = batch_size, ssim_weight
         self.gen = torch.Generator().manual_seed(seed)
@@ -60,7 +61,7 @@ class OnlineAttacker:
         n = self.activations.shape[0]
         idx = torch.randint(0, n, (min(self.batch_size, n),), generator=self.gen)
         clean, target = self.activations[idx], self.targets[idx]
-        released = _release(noise, clean, self.gen)
+        released = self._standardise(noise, _release(noise, clean, self.gen))
         self.decoder.train()
         attack = _loss(self.decoder(released.detach()), target, self.ssim_weight)
         self.opt.zero_grad(set_to_none=True)
@@ -75,6 +76,16 @@ class OnlineAttacker:
         floor = _loss(self.mean_image.expand_as(target), target, self.ssim_weight).detach()
         term = (torch.log(floor) - torch.log(attack)).clamp_min(0.0)
         return term, float(attack.detach() / floor)
+
+    def _standardise(self, noise: NoiseTransform, released: Tensor) -> Tensor:
+        """What the attacker feeds its decoder: mu removed, each channel scaled to unit variance.
+
+        The attacker knows mu and sigma, so neither a shifted mu nor a rescaled channel may count as
+        privacy: without this the transform wins the game by moving the decoder's inputs off the
+        distribution it was trained on, which a real attacker simply undoes.
+        """
+        scale = (self.clean_var + noise.sigma().detach() ** 2).sqrt().clamp_min(1e-6)
+        return (released - noise.mu - self.clean_mean) / scale
 
     def state_dict(self) -> dict[str, Any]:
         return {"decoder": self.decoder.state_dict(), "optimizer": self.opt.state_dict()}
