@@ -83,6 +83,7 @@ def test_tiny_adversarial_run_logs_the_attack_and_resumes(
         alpha=0.5,
         privacy="adversarial",
         granularity="channel",
+        adversary_photos=16,
         samples=8,
         steps=20,
         batch_size=4,
