@@ -5,7 +5,8 @@ and box regressions on the same image (distillation), so a user needs only unlab
 domain. With face boxes (``task="multibox"``) it is FaceBoxes' supervised MultiBox loss instead.
 The clean head's activations and the clean outputs are computed once and cached; each step
 then costs only the tail. Optionally the tail is fine-tuned jointly (``train_tail``), which buys
-accuracy at every alpha. Works under ``torchrun`` (DDP; gloo on CPU).
+accuracy at every alpha. With ``privacy="adversarial"`` the privacy term also pits the transform
+against a decoder trained online (``veil.adversary``). Works under ``torchrun`` (DDP; gloo on CPU).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class TrainConfig:
     privacy: str = "mean"  # "mean": -log mean sigma (Cloak); "relative": -mean log(sigma / channel std);
     # "adversarial": -log mean sigma + adversary_weight * (how far an online decoder beats the mean image)
     adversary_weight: float = 1.0
-    adversary_photos: int = 2000  # photos the online decoder learns from (few: it memorises them)
+    adversary_photos: int = 256  # photos the online decoder learns from (2000 measured no better)
     model: str = "faceboxes"
     split: str = "inception3"
     train_tail: bool = True

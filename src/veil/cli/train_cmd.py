@@ -67,7 +67,7 @@ def train(
         help="mean: -log mean sigma (Cloak); relative: per-channel SNR; adversarial: + online decoder.",
     ),
     adversary_weight: float = typer.Option(1.0, help="Weight of the online decoder's term (adversarial)."),
-    adversary_photos: int = typer.Option(2000, help="Photos the online decoder learns from (adversarial)."),
+    adversary_photos: int = typer.Option(256, help="Photos the online decoder learns from (adversarial)."),
     size: int = typer.Option(1024, help="Input size the transform is trained for."),
     seed: int = typer.Option(0, help="Seed of the data augmentation (the noise itself stays OS-seeded)."),
     threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
