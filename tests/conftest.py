@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+#: A training run small enough for CI (seconds on CPU); tests override what they study.
+TINY_TRAIN: dict[str, int] = {"samples": 8, "steps": 40, "batch_size": 4, "input_size": 256, "log_every": 10}
+
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
 
 

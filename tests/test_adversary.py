@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import TINY_TRAIN
 from veil.adversary import OnlineAttacker
 from veil.errors import InputError
 from veil.noise import NoiseTransform
@@ -84,11 +85,7 @@ def test_tiny_adversarial_run_logs_the_attack_and_resumes(
         privacy="adversarial",
         granularity="channel",
         adversary_photos=16,
-        samples=8,
-        steps=20,
-        batch_size=4,
-        input_size=256,
-        log_every=10,
+        **(TINY_TRAIN | {"steps": 20}),  # type: ignore[arg-type]
     )
     out = tmp_path / "adv"
     assert train(cfg, out, progress=False, stop_after=10) == {"stopped_at": 10}

@@ -12,6 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import TINY_TRAIN
 from veil.cli.main import app
 from veil.data import load_dataset
 from veil.detect import decode, priors
@@ -82,11 +83,7 @@ def test_tiny_multibox_run_lowers_the_task_loss(weights: Path, mask_scenes: Path
         labels_part="train",
         task="multibox",
         alpha=0.0,
-        samples=8,
-        steps=40,
-        batch_size=4,
-        input_size=256,
-        log_every=10,
+        **TINY_TRAIN,  # type: ignore[arg-type]
     )
     train(cfg, tmp_path / "t", progress=False)
     meta = json.loads((tmp_path / "t" / "transform.json").read_text())

@@ -12,11 +12,12 @@ import pytest
 import torch
 from torchvision.io import decode_png, read_file
 
+from conftest import TINY_TRAIN
 from veil.artifact import load_transform
 from veil.errors import TransformError
 from veil.train import TrainConfig, train
 
-TINY = {"samples": 8, "steps": 40, "batch_size": 4, "input_size": 256, "log_every": 10}
+TINY = TINY_TRAIN
 
 
 def _cfg(weights: Path, shared_dir: Path, alpha: float, **kw: object) -> TrainConfig:

@@ -43,7 +43,9 @@ class OnlineAttacker:
         if activations.shape[0] != targets.shape[0] or activations.shape[0] < 2:
             raise InputError("the online attacker needs at least two photos with activations and targets")
         self.activations, self.targets = activations, to_unit(targets)
-        self.decoder = Decoder(activations.shape[1], activations.shape[-1], targets.shape[-1], width)
+        with torch.random.fork_rng():  # the same decoder for the same seed, whatever ran before
+            torch.manual_seed(seed)
+            self.decoder = Decoder(activations.shape[1], activations.shape[-1], targets.shape[-1], width)
         self.clean_mean = activations.mean((0, 2, 3), keepdim=True)
         self.clean_var = activations.var((0, 2, 3), keepdim=True)
         self.opt = torch.optim.Adam(self.decoder.parameters(), lr=lr)
