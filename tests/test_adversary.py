@@ -91,6 +91,7 @@ def test_tiny_adversarial_run_logs_the_attack_and_resumes(
     assert train(cfg, out, progress=False, stop_after=10) == {"stopped_at": 10}
     state = torch.load(tmp_path / ".adv.work/checkpoint.pt", weights_only=True)
     assert "attacker" in state  # the decoder resumes with the transform, not from scratch
+    assert state["attacker"]["photos"] == 16  # --adversary-photos, not --samples (8)
     metrics = train(cfg, out, progress=False)
     assert metrics["mean_sigma"] > 0
     rows = list(csv.DictReader((out / "train_log.csv").open()))

@@ -90,9 +90,17 @@ class OnlineAttacker:
         return (released - noise.mu - self.clean_mean) / scale
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decoder": self.decoder.state_dict(), "optimizer": self.opt.state_dict()}
+        return {
+            "decoder": self.decoder.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "photos": self.activations.shape[0],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state.get("photos", self.activations.shape[0])) != self.activations.shape[0]:
+            raise InputError(
+                "checkpoint's online attacker learned from another photo set: delete it to restart"
+            )
         self.decoder.load_state_dict(state["decoder"])
         self.opt.load_state_dict(state["optimizer"])
 

@@ -50,7 +50,7 @@ class TrainConfig:
     privacy: str = "mean"  # "mean": -log mean sigma (Cloak); "relative": -mean log(sigma / channel std);
     # "adversarial": -log mean sigma + adversary_weight * (how far an online decoder beats the mean image)
     adversary_weight: float = 1.0
-    adversary_photos: int = 256  # photos the online decoder learns from (2000 measured no better)
+    adversary_photos: int = 256  # photos the online decoder learns from
     model: str = "faceboxes"
     split: str = "inception3"
     train_tail: bool = True
@@ -239,10 +239,10 @@ def train(
     attacker = None
     if cfg.privacy == "adversarial":
         photos = adversary_photos(
-            cfg.images, [p for d in cfg.scenes for p in list_images(d)], cfg.samples, cfg.seed
+            cfg.images, [p for d in cfg.scenes for p in list_images(d)], cfg.adversary_photos, cfg.seed
         )
         attacker = build_online_attacker(
-            head, photos, cfg.input_size // 2, seed=cfg.seed + rank, progress=progress
+            head, photos, cfg.input_size // 2, seed=cfg.seed + rank, progress=progress and rank == 0
         )
     tail.requires_grad_(cfg.train_tail)
     module = _Trainable(noise, tail)
