@@ -50,7 +50,7 @@ class TrainConfig:
     privacy: str = "mean"  # "mean": -log mean sigma (Cloak); "relative": -mean log(sigma / channel std);
     # "adversarial": -log mean sigma + adversary_weight * (how far an online decoder beats the mean image)
     adversary_weight: float = 1.0
-    adversary_photos: int = 256  # photos the online decoder learns from
+    adversary_photos: int = 256  # photos the online decoder learns from (2000: worse in one run)
     model: str = "faceboxes"
     split: str = "inception3"
     train_tail: bool = True
