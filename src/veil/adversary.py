@@ -113,10 +113,10 @@ def _release(noise: NoiseTransform, clean: Tensor, gen: torch.Generator) -> Tens
 
 
 def adversary_photos(
-    photo_dirs: Sequence[str | Path], scene_files: Sequence[str | Path], count: int, seed: int
+    photo_dirs: Sequence[str | Path], scene_dirs: Sequence[str | Path], count: int, seed: int
 ) -> list[Tensor]:
     """The photos the online attacker learns from: the training photos (or scenes if there are none)."""
-    files = [p for d in photo_dirs for p in list_images(d)] or [Path(p) for p in scene_files]
+    files = [p for d in photo_dirs for p in list_images(d)] or [p for d in scene_dirs for p in list_images(d)]
     if not files:
         raise InputError("--privacy adversarial needs training photos (--images) or scenes to attack")
     rng = random.Random(seed + 7)

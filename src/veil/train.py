@@ -28,7 +28,7 @@ from tqdm import tqdm
 from veil.adversary import OnlineAttacker, adversary_photos, build_online_attacker
 from veil.artifact import save_transform
 from veil.errors import InputError
-from veil.imageio import list_images, preprocess
+from veil.imageio import preprocess
 from veil.models import create_model, get_spec, split_model
 from veil.models.checkpoint import sha256_file
 from veil.multibox import multibox_loss
@@ -170,6 +170,25 @@ def _prepare(
     return build_cache(head, tail, images[rank::world], cfg.input_size, progress)
 
 
+def _privacy_setup(
+    cfg: TrainConfig, head: nn.Module, cache: Cache, rank: int, world: int, progress: bool
+) -> tuple[Tensor | None, OnlineAttacker | None]:
+    """What the privacy term needs beyond sigma: channel stds ("relative") or an online attacker."""
+    if cfg.privacy == "relative":
+        channel_std = cache.activations.std(dim=(0, 2, 3)).clamp_min(1e-3).view(-1, 1, 1)
+        if world > 1:
+            dist.all_reduce(channel_std)
+            channel_std /= world
+        return channel_std, None
+    if cfg.privacy == "adversarial":
+        photos = adversary_photos(cfg.images, cfg.scenes, cfg.adversary_photos, cfg.seed)
+        attacker = build_online_attacker(
+            head, photos, cfg.input_size // 2, seed=cfg.seed + rank, progress=progress
+        )
+        return None, attacker
+    return None, None
+
+
 def _dist_info() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")
@@ -230,20 +249,7 @@ def train(
         granularity=cfg.granularity,
         seed=None,
     )
-    channel_std = None
-    if cfg.privacy == "relative":
-        channel_std = cache.activations.std(dim=(0, 2, 3)).clamp_min(1e-3).view(-1, 1, 1)
-        if world > 1:
-            dist.all_reduce(channel_std)
-            channel_std /= world
-    attacker = None
-    if cfg.privacy == "adversarial":
-        photos = adversary_photos(
-            cfg.images, [p for d in cfg.scenes for p in list_images(d)], cfg.adversary_photos, cfg.seed
-        )
-        attacker = build_online_attacker(
-            head, photos, cfg.input_size // 2, seed=cfg.seed + rank, progress=progress and rank == 0
-        )
+    channel_std, attacker = _privacy_setup(cfg, head, cache, rank, world, progress and rank == 0)
     tail.requires_grad_(cfg.train_tail)
     module = _Trainable(noise, tail)
     module.tail.eval()  # frozen BatchNorm statistics: fine-tuning must not drift them
