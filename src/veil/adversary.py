@@ -7,7 +7,9 @@ decoder recovers a coarse face from them. With ``privacy="adversarial"`` a small
 noise every step, as the audit's attacker does), and the transform is also rewarded for raising that
 decoder's loss up to what the mean image scores (no information): the min-max game steers sigma to
 the channels that leak the face. Per-channel transforms only (the photos are audited at their own
-input size, where a per-element transform does not fit).
+input size, where a per-element transform does not fit). When training also fine-tunes the head's last
+block (``train_head``), that block is the attacker's ``encoder``: the cached activations are its inputs
+and the term's gradient reaches it too, so the block learns features the decoder cannot invert.
 """
 
 from __future__ import annotations
@@ -39,17 +41,20 @@ class OnlineAttacker:
         batch_size: int = 16,
         ssim_weight: float = 0.5,
         seed: int = 0,
+        encoder: nn.Module | None = None,
+        steps: int = 1,
     ) -> None:
         if activations.shape[0] != targets.shape[0] or activations.shape[0] < 2:
             raise InputError("the online attacker needs at least two photos with activations and targets")
-        self.activations, self.targets = activations, to_unit(targets)
+        self.activations, self.targets, self.encoder = activations, to_unit(targets), encoder
+        released = self._encode(activations[:2]).detach()
         with torch.random.fork_rng():  # the same decoder for the same seed, whatever ran before
             torch.manual_seed(seed)
-            self.decoder = Decoder(activations.shape[1], activations.shape[-1], targets.shape[-1], width)
+            self.decoder = Decoder(released.shape[1], released.shape[-1], targets.shape[-1], width)
         self.clean_mean = activations.mean((0, 2, 3), keepdim=True)
         self.clean_var = activations.var((0, 2, 3), keepdim=True)
         self.opt = torch.optim.Adam(self.decoder.parameters(), lr=lr)
-        self.batch_size, self.ssim_weight = batch_size, ssim_weight
+        self.batch_size, self.ssim_weight, self.steps = batch_size, ssim_weight, steps
         self.gen = torch.Generator().manual_seed(seed)
         self.mean_image = self.targets.mean(0, keepdim=True)
 
@@ -60,15 +65,14 @@ class OnlineAttacker:
         gradient flows into mu and sigma only (the decoder is not moved by it). Also returns the
         decoder's loss relative to the floor (1 = no information), for the training log.
         """
-        n = self.activations.shape[0]
-        idx = torch.randint(0, n, (min(self.batch_size, n),), generator=self.gen)
-        clean, target = self.activations[idx], self.targets[idx]
-        released = self._standardise(noise, _release(noise, clean, self.gen))
-        self.decoder.train()
-        attack = _loss(self.decoder(released.detach()), target, self.ssim_weight)
-        self.opt.zero_grad(set_to_none=True)
-        attack.backward()
-        self.opt.step()
+        for _ in range(self.steps - 1):  # extra decoder updates: the chaser keeps up with the transform
+            clean, target = self._batch()
+            with torch.no_grad():
+                released = self._standardise(noise, _release(noise, self._encode(clean), self.gen))
+            self._update(released, target)
+        clean, target = self._batch()
+        released = self._standardise(noise, _release(noise, self._encode(clean), self.gen))
+        self._update(released.detach(), target)
         self.decoder.requires_grad_(False)
         try:
             self.decoder.eval()  # BatchNorm: use running statistics, do not update them twice
@@ -79,6 +83,21 @@ class OnlineAttacker:
         term = (torch.log(floor) - torch.log(attack)).clamp_min(0.0)
         return term, float(attack.detach() / floor)
 
+    def _batch(self) -> tuple[Tensor, Tensor]:
+        n = self.activations.shape[0]
+        idx = torch.randint(0, n, (min(self.batch_size, n),), generator=self.gen)
+        return self.activations[idx], self.targets[idx]
+
+    def _encode(self, clean: Tensor) -> Tensor:
+        return clean if self.encoder is None else self.encoder(clean)
+
+    def _update(self, released: Tensor, target: Tensor) -> None:
+        self.decoder.train()
+        attack = _loss(self.decoder(released), target, self.ssim_weight)
+        self.opt.zero_grad(set_to_none=True)
+        attack.backward()
+        self.opt.step()
+
     def _standardise(self, noise: NoiseTransform, released: Tensor) -> Tensor:
         """What the attacker feeds its decoder: mu removed, each channel scaled to unit variance.
 
@@ -86,8 +105,14 @@ class OnlineAttacker:
         privacy: without this the transform wins the game by moving the decoder's inputs off the
         distribution it was trained on, which a real attacker simply undoes.
         """
+        centred = released - noise.mu
+        if self.encoder is not None:  # the block moves during training: this batch's statistics
+            stats = centred.detach()
+            return (centred - stats.mean((0, 2, 3), keepdim=True)) / stats.std(
+                (0, 2, 3), keepdim=True
+            ).clamp_min(1e-6)
         scale = (self.clean_var + noise.sigma().detach() ** 2).sqrt().clamp_min(1e-6)
-        return (released - noise.mu - self.clean_mean) / scale
+        return (centred - self.clean_mean) / scale
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -131,8 +156,13 @@ def build_online_attacker(
     output_size: int = 64,
     seed: int = 0,
     progress: bool = True,
+    encoder: nn.Module | None = None,
+    steps: int = 1,
 ) -> OnlineAttacker:
-    """Cache the head's clean activations of ``photos`` at ``input_size`` and their small targets."""
+    """Cache the head's clean activations of ``photos`` at ``input_size`` and their small targets.
+
+    With ``encoder`` (a trainable block after ``head``), releases are ``noise(encoder(activation))``.
+    """
     acts = head_activations(head, photos, input_size, desc="caching attacker photos", progress=progress)
     targets = torch.stack([resize_uint8(p, output_size) for p in photos])
-    return OnlineAttacker(acts, targets, seed=seed)
+    return OnlineAttacker(acts, targets, seed=seed, encoder=encoder, steps=steps)

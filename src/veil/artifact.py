@@ -1,6 +1,6 @@
 """Transform artifacts: a directory with ``transform.safetensors`` and ``transform.json``.
 
-The tensors (mu, rho, suppression mask and, when trained, the tail's weights) are stored as
+The tensors (mu, rho, suppression mask and, when trained, the tail's and the head's weights) are stored as
 safetensors — data only, nothing executable. The JSON records how the transform was made and the
 SHA-256 of both the tensors file and the base weights, so loading refuses a corrupt file or a
 transform meant for another model instead of silently producing garbage.
@@ -31,12 +31,17 @@ META = "transform.json"
 
 @dataclass
 class Transform:
-    """A loaded transform: the noise module, optional tail weights, and its metadata."""
+    """A loaded transform: the noise module, optional tail (and head) weights, and its metadata.
+
+    ``head_state`` is set when training fine-tuned the head's last block: the client must then run
+    this head, not the base model's, before adding the noise.
+    """
 
     noise: NoiseTransform
     tail_state: dict[str, Tensor] | None
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    head_state: dict[str, Tensor] | None = None
 
     @property
     def alpha(self) -> float:
@@ -52,6 +57,7 @@ def save_transform(
     noise: NoiseTransform,
     meta: dict[str, Any],
     tail_state: dict[str, Tensor] | None = None,
+    head_state: dict[str, Tensor] | None = None,
 ) -> Path:
     """Write the directory atomically (build it beside the target, then rename into place)."""
     from veil import __version__
@@ -61,8 +67,9 @@ def save_transform(
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         tensors = {"noise.mu": noise.mu.detach(), "noise.rho": noise.rho.detach(), "noise.keep": noise.keep}
-        for key, value in (tail_state or {}).items():
-            tensors[f"tail.{key}"] = value.detach()
+        for prefix, state in (("tail", tail_state), ("head", head_state)):
+            for key, value in (state or {}).items():
+                tensors[f"{prefix}.{key}"] = value.detach()
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp / TENSORS))
         record = dict(meta)
         record.update(
@@ -74,6 +81,7 @@ def save_transform(
                 "granularity": noise.granularity,
                 "activation_shape": list(noise.shape),
                 "has_tail": tail_state is not None,
+                "has_head": head_state is not None,
                 "suppressed_fraction": noise.suppressed_fraction,
                 "mean_sigma": float(noise.mean_sigma().detach()),
                 "tensors_sha256": sha256_file(tmp / TENSORS),
@@ -153,7 +161,12 @@ def load_transform(
             f"{path}: noise tensors missing or of the wrong shape ({str(exc)[:120]})"
         ) from None
     tail = {k.removeprefix("tail."): v for k, v in tensors.items() if k.startswith("tail.")} or None
-    return Transform(noise=noise.eval().requires_grad_(False), tail_state=tail, meta=meta, path=path)
+    head = {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")} or None
+    if bool(meta.get("has_head")) != (head is not None):
+        raise TransformError(f"{path}: {META} and {TENSORS} disagree on whether a trained head is stored")
+    return Transform(
+        noise=noise.eval().requires_grad_(False), tail_state=tail, meta=meta, path=path, head_state=head
+    )
 
 
 #: Transforms trained with this repository's code for ``FaceBoxes.pth`` ship inside the package.

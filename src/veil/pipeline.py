@@ -57,13 +57,8 @@ def load_pipeline(
     head, tail = split_model(net, split or spec.default_split)
     noise = None
     if tr is not None:
-        if tr.tail_state is not None:
-            try:
-                tail.load_state_dict(tr.tail_state, strict=True)
-            except RuntimeError as exc:
-                raise TransformError(
-                    f"transform's tail weights do not fit: {str(exc).splitlines()[0]}"
-                ) from None
+        _load_part(tail, tr.tail_state, "tail")
+        _load_part(head, tr.head_state, "head")
         noise = tr.noise.to(device)
     return Detector(
         head, tail, noise=noise, size=size, resize=resize, post=post, mean_bgr=spec.mean_bgr, device=device
@@ -76,15 +71,28 @@ def transform_tail(
     """The server half for ``transform``: the tail at its split, with its trained weights if any."""
     tr = load_transform(transform, weights) if isinstance(transform, str | Path) else transform
     _, tail = split_model(create_model(model, weights), tr.split)
-    if tr.tail_state is not None:
-        try:
-            tail.load_state_dict(tr.tail_state, strict=True)
-        except RuntimeError as exc:
-            raise TransformError(f"transform's tail weights do not fit: {str(exc).splitlines()[0]}") from None
+    _load_part(tail, tr.tail_state, "tail")
     return tail.eval()
 
 
 def transform_head(weights: str | Path, transform: Transform, model: str = "faceboxes") -> nn.Module:
-    """The client half that goes with ``transform`` (the head up to its split), channels-last."""
+    """The client half that goes with ``transform`` (the head up to its split, with its trained
+    weights if training fine-tuned it), channels-last."""
     head, _ = split_model(create_model(model, weights), transform.split)
+    _load_part(head, transform.head_state, "head")
     return head.eval().to(memory_format=torch.channels_last)
+
+
+def _load_part(module: nn.Module, state: dict[str, torch.Tensor] | None, what: str) -> None:
+    """Load a transform's trained tail (all of it) or head (the fine-tuned block's entries only).
+
+    A one-line error if they do not fit.
+    """
+    if state is None:
+        return
+    try:
+        _, unexpected = module.load_state_dict(state, strict=what == "tail")
+    except RuntimeError as exc:
+        raise TransformError(f"transform's {what} weights do not fit: {str(exc).splitlines()[0]}") from None
+    if unexpected:
+        raise TransformError(f"transform's {what} weights do not fit: unexpected {', '.join(unexpected[:3])}")

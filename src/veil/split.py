@@ -60,3 +60,28 @@ class SplitModel(nn.Module):
 
     def forward(self, x: Tensor) -> object:
         return self.tail(self.release(x))
+
+
+def split_block(model: nn.Module, at: str) -> tuple[nn.Module, nn.Module]:
+    """(head up to the previous split point, the block between it and ``at``).
+
+    ``block(pre(x)) == head(x)``, sharing ``model``'s parameters: training fine-tunes the head's last
+    block through ``block`` while ``pre`` stays frozen (and its outputs can be cached).
+    """
+    points = split_points(model)
+    if at not in points:
+        raise SplitPointError(f"unknown split point {at!r}: valid split points are {', '.join(points)}")
+    i = points.index(at)
+    if i == 0:
+        raise SplitPointError(
+            f"nothing precedes split point {at!r}, so its head has no earlier part to keep frozen: "
+            f"fine-tune the head at a later split ({', '.join(points[1:])})"
+        )
+    pre, _ = split(model, points[i - 1])
+    head, _ = split(model, at)
+    stages_pre, stages = (getattr(m, "stages", m) for m in (pre, head))
+    if not isinstance(stages, nn.Sequential) or not isinstance(stages_pre, nn.Sequential):
+        raise SplitPointError(
+            f"{type(model).__name__}'s head is not a sequence of stages: cannot fine-tune it"
+        )
+    return pre, nn.Sequential(*list(stages)[len(stages_pre) :])

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -29,10 +28,12 @@ from veil.adversary import OnlineAttacker, adversary_photos, build_online_attack
 from veil.artifact import save_transform
 from veil.errors import InputError
 from veil.imageio import preprocess
+from veil.losses import distillation_loss, privacy_loss
 from veil.models import create_model, get_spec, split_model
 from veil.models.checkpoint import sha256_file
 from veil.multibox import multibox_loss
 from veil.noise import Granularity, NoiseTransform, snr_db
+from veil.split import split_block
 
 
 @dataclass
@@ -51,9 +52,11 @@ class TrainConfig:
     # "adversarial": -log mean sigma + adversary_weight * (how far an online decoder beats the mean image)
     adversary_weight: float = 1.0
     adversary_photos: int = 256  # photos the online decoder learns from (2000: worse in one run)
+    adversary_steps: int = 1  # decoder updates per training step (a stronger chaser)
     model: str = "faceboxes"
     split: str = "inception3"
     train_tail: bool = True
+    train_head: bool = False  # also fine-tune the head's last block (the one just before the split)
     granularity: Granularity = "element"
     input_size: int = 1024
     samples: int = 256
@@ -61,6 +64,7 @@ class TrainConfig:
     batch_size: int = 8
     lr_noise: float = 0.05
     lr_tail: float = 3e-5  # small: the tail adapts to the noise without forgetting real scenes
+    lr_head: float = 1e-4  # the head's last block (with train_head)
     smax_factor: float = 8.0  # smax = factor x the clean activation's std
     suppress_factor: float = 0.95  # suppress elements whose sigma > factor x smax ...
     suppress_from: float = 0.7  # ... from this fraction of the steps on (the rest adapts to the mask)
@@ -85,6 +89,13 @@ class TrainConfig:
             )
         if self.labels_part not in PARTS:
             raise InputError(f"--labels-part must be one of {', '.join(PARTS)}, got {self.labels_part!r}")
+        if self.train_head and self.split == get_spec(self.model).split_points[0]:
+            raise InputError(
+                f"--train-head fine-tunes the block before the split, and nothing precedes {self.split!r}: "
+                "use a later split (e.g. --split inception3)"
+            )
+        if self.adversary_steps < 1:
+            raise InputError(f"--adversary-steps must be >= 1, got {self.adversary_steps}")
         if not 0.0 <= self.scene_fraction <= 1.0:
             raise InputError(f"--scene-fraction must be in [0, 1], got {self.scene_fraction}")
 
@@ -103,48 +114,34 @@ class Cache:
 
 @torch.no_grad()
 def build_cache(
-    head: nn.Module, tail: nn.Module, images: list[Tensor], size: int, progress: bool = True
+    head: nn.Module,
+    tail: nn.Module,
+    images: list[Tensor],
+    size: int,
+    progress: bool = True,
+    block: nn.Module | None = None,
 ) -> Cache:
+    """With ``block`` (the head's trainable last block), the cached activations are its inputs."""
     acts, probs, locs = [], [], []
     for img in tqdm(images, desc="caching clean activations", disable=not progress, unit="img"):
         x = preprocess([img], size=(size, size)).tensor
         a = head(x)
-        loc, conf = tail(a)
+        loc, conf = tail(a if block is None else block(a))
         acts.append(a.contiguous())
         probs.append(conf.softmax(-1)[..., 1])
         locs.append(loc)
     return Cache(torch.cat(acts), torch.cat(probs), torch.cat(locs))
 
 
-# -- losses ------------------------------------------------------------------------------------
-def distillation_loss(loc: Tensor, conf: Tensor, t_prob: Tensor, t_loc: Tensor) -> Tensor:
-    """Match the clean model: score KL on every anchor, again on the faces, and boxes on the faces."""
-    log_p = F.log_softmax(conf, dim=-1)
-    t = t_prob.clamp(1e-6, 1 - 1e-6)
-    # KL(teacher || student) per anchor: zero when the noisy model agrees with the clean one
-    ce = t * (t.log() - log_p[..., 1]) + (1 - t) * ((1 - t).log() - log_p[..., 0])
-    pos = t_prob > 0.05  # every anchor that could become a detection at the evaluation threshold
-    if bool(pos.any()):
-        w = t_prob[pos]
-        box = (F.smooth_l1_loss(loc[pos], t_loc[pos], reduction="none").sum(-1) * w).sum() / w.sum()
-        return ce.mean() + (ce[pos] * w).sum() / w.sum() + box
-    return ce.mean() + 0.0 * loc.sum()  # no faces in this batch: loc still in the graph (DDP needs it)
-
-
-def privacy_loss(noise: NoiseTransform, channel_std: Tensor | None = None) -> Tensor:
-    """-log(mean sigma): more noise is better, with diminishing returns.
-
-    With ``channel_std`` ([C, 1, 1]): -mean log(sigma / std) instead, diminishing returns *per channel*
-    relative to its own signal, so no channel can stay nearly clean while others absorb the noise.
-    """
-    if channel_std is None:
-        return -torch.log(noise.sigma().mean())
-    return -torch.log(noise.sigma() / channel_std + 1e-6).mean()
-
-
 # -- the run -----------------------------------------------------------------------------------
 def _prepare(
-    cfg: TrainConfig, head: nn.Module, tail: nn.Module, rank: int, world: int, progress: bool
+    cfg: TrainConfig,
+    head: nn.Module,
+    tail: nn.Module,
+    rank: int,
+    world: int,
+    progress: bool,
+    block: nn.Module | None = None,
 ) -> Cache:
     """Training samples for this rank, their clean activations and outputs, and (multibox) targets."""
     from veil.data import load_dataset
@@ -154,7 +151,7 @@ def _prepare(
     labeled = [load_dataset(d).part(cfg.labels_part) for d in cfg.labels]
     if cfg.task == "multibox":
         samples = labeled_samples(labeled, cfg.samples, cfg.input_size, cfg.seed, progress)[rank::world]
-        cache = build_cache(head, tail, [s.image for s in samples], cfg.input_size, progress)
+        cache = build_cache(head, tail, [s.image for s in samples], cfg.input_size, progress, block)
         cache.loc_target, cache.label = match_samples(samples, cfg.input_size)
         return cache
     extra = [img.path for d in labeled for img in d.images]  # boxes unused: unlabeled target-domain scenes
@@ -167,15 +164,22 @@ def _prepare(
         seed=cfg.seed,
         scene_files=extra,
     )
-    return build_cache(head, tail, images[rank::world], cfg.input_size, progress)
+    return build_cache(head, tail, images[rank::world], cfg.input_size, progress, block)
 
 
 def _privacy_setup(
-    cfg: TrainConfig, head: nn.Module, cache: Cache, rank: int, world: int, progress: bool
+    cfg: TrainConfig,
+    head: nn.Module,
+    cache: Cache,
+    rank: int,
+    world: int,
+    progress: bool,
+    block: nn.Module | None = None,
 ) -> tuple[Tensor | None, OnlineAttacker | None]:
     """What the privacy term needs beyond sigma: channel stds ("relative") or an online attacker."""
     if cfg.privacy == "relative":
-        channel_std = cache.activations.std(dim=(0, 2, 3)).clamp_min(1e-3).view(-1, 1, 1)
+        acts = cache.activations if block is None else _encode(block, cache.activations)
+        channel_std = acts.std(dim=(0, 2, 3)).clamp_min(1e-3).view(-1, 1, 1)
         if world > 1:
             dist.all_reduce(channel_std)
             channel_std /= world
@@ -183,7 +187,13 @@ def _privacy_setup(
     if cfg.privacy == "adversarial":
         photos = adversary_photos(cfg.images, cfg.scenes, cfg.adversary_photos, cfg.seed)
         attacker = build_online_attacker(
-            head, photos, cfg.input_size // 2, seed=cfg.seed + rank, progress=progress
+            head,
+            photos,
+            cfg.input_size // 2,
+            seed=cfg.seed + rank,
+            progress=progress,
+            encoder=block,
+            steps=cfg.adversary_steps,
         )
         return None, attacker
     return None, None
@@ -197,15 +207,28 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-class _Trainable(nn.Module):
-    """noise -> tail as one module so DDP averages both sets of gradients."""
+def _block_state(head: nn.Module, block: nn.Module) -> dict[str, Tensor]:
+    """The head's entries that live in the fine-tuned block (the rest equals the base weights)."""
+    mine = {id(t) for t in block.state_dict(keep_vars=True).values()}
+    return {k: v.detach() for k, v in head.state_dict(keep_vars=True).items() if id(v) in mine}
 
-    def __init__(self, noise: NoiseTransform, tail: nn.Module) -> None:
+
+@torch.no_grad()
+def _encode(block: nn.Module, acts: Tensor, batch: int = 32) -> Tensor:
+    """The trainable block's current outputs for cached activations (statistics, metrics)."""
+    return torch.cat([block(acts[i : i + batch]) for i in range(0, acts.shape[0], batch)])
+
+
+class _Trainable(nn.Module):
+    """(head block ->) noise -> tail as one module so DDP averages every set of gradients."""
+
+    def __init__(self, noise: NoiseTransform, tail: nn.Module, block: nn.Module | None = None) -> None:
         super().__init__()
         self.noise, self.tail = noise, tail
+        self.block = block if block is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        out: tuple[Tensor, Tensor] = self.tail(self.noise(x))
+        out: tuple[Tensor, Tensor] = self.tail(self.noise(self.block(x)))
         return out
 
 
@@ -236,26 +259,34 @@ def train(
     spec = get_spec(cfg.model)
     model = create_model(cfg.model, cfg.weights)
     head, tail = split_model(model, cfg.split)
-    cache = _prepare(cfg, head, tail, rank, world, progress and rank == 0)
-    act_std = float(cache.activations.std())
+    pre, block = split_block(model, cfg.split) if cfg.train_head else (head, None)
+    cache = _prepare(cfg, pre, tail, rank, world, progress and rank == 0, block)
+    released_shape = tuple(cache.activations.shape[1:])
+    if block is not None:
+        block.eval()  # frozen BatchNorm statistics, as for the tail
+        with torch.no_grad():
+            released_shape = tuple(block(cache.activations[:1]).shape[1:])
+    act_std = float((cache.activations if block is None else _encode(block, cache.activations)).std())
     if world > 1:  # every rank must build the same noise (same smax), or DDP replicas diverge
         std = torch.tensor([act_std])
         dist.all_reduce(std)
         act_std = float(std) / world
     noise = NoiseTransform(
-        tuple(cache.activations.shape[1:]),
+        released_shape,
         smin=0.0,
         smax=cfg.smax_factor * act_std,
         granularity=cfg.granularity,
         seed=None,
     )
-    channel_std, attacker = _privacy_setup(cfg, head, cache, rank, world, progress and rank == 0)
+    channel_std, attacker = _privacy_setup(cfg, pre, cache, rank, world, progress and rank == 0, block)
     tail.requires_grad_(cfg.train_tail)
-    module = _Trainable(noise, tail)
+    module = _Trainable(noise, tail, block)
     module.tail.eval()  # frozen BatchNorm statistics: fine-tuning must not drift them
     groups: list[dict[str, Any]] = [{"params": list(noise.parameters()), "lr": cfg.lr_noise}]
     if cfg.train_tail:
         groups.append({"params": [p for p in tail.parameters() if p.requires_grad], "lr": cfg.lr_tail})
+    if block is not None:
+        groups.append({"params": list(block.parameters()), "lr": cfg.lr_head})
     opt = torch.optim.Adam(groups)
     ddp: nn.Module = module
     if world > 1:
@@ -310,7 +341,7 @@ def train(
             log_file.close()
             return {"stopped_at": step + 1}
     log_file.close()
-    metrics = _final_metrics(noise, tail, cache)
+    metrics = _final_metrics(noise, tail, cache, block)
     metrics["train_seconds"] = time.perf_counter() - t0
     metrics["rank"] = rank
     if rank == 0:
@@ -333,8 +364,9 @@ def train(
             },
             "metrics": metrics,
         }
-        tail_state = {k: v for k, v in tail.state_dict().items()} if cfg.train_tail else None
-        save_transform(out, noise, meta, tail_state=tail_state)
+        tail_state = dict(tail.state_dict()) if cfg.train_tail else None
+        head_state = _block_state(head, block) if block is not None else None
+        save_transform(out, noise, meta, tail_state=tail_state, head_state=head_state)
         os.replace(log_path, out / "train_log.csv")
         ckpt.unlink(missing_ok=True)
     if world > 1:
@@ -349,10 +381,12 @@ def train(
 
 
 @torch.no_grad()
-def _final_metrics(noise: NoiseTransform, tail: nn.Module, cache: Cache) -> dict[str, Any]:
+def _final_metrics(
+    noise: NoiseTransform, tail: nn.Module, cache: Cache, block: nn.Module | None = None
+) -> dict[str, Any]:
     """Mean sigma, SNR of the released tensor and agreement with the clean model on the cache."""
     noise.eval()
-    acts = cache.activations[:32]
+    acts = cache.activations[:32] if block is None else _encode(block, cache.activations[:32])
     released = noise(acts)
     _loc, conf = tail(released)
     prob = conf.softmax(-1)[..., 1]

@@ -40,6 +40,7 @@ from veil.errors import InputError
 from veil.imageio import atomic_write_bytes, list_images
 from veil.models import create_model, split_model
 from veil.noise import snr_db
+from veil.pipeline import transform_head
 
 __all__ = [
     "AttackConfig",
@@ -71,6 +72,14 @@ class _Target:
     split: str
     size: int
     transform: Transform | None = None
+
+    @property
+    def head_key(self) -> str:
+        """Which head makes the activations: the base model's at ``split``, or a transform's own."""
+        tr = self.transform
+        if tr is not None and tr.head_state is not None:
+            return f"{self.split} head of {tr.path or id(tr)}"
+        return self.split
 
 
 def _audit_size(tr: Transform, size: int | None) -> int:
@@ -214,14 +223,21 @@ def run_audit(
     heads: dict[str, nn.Module] = {}
     cache: dict[tuple[str, int, str], Tensor] = {}
 
-    def acts(split: str, s: int, which: str) -> Tensor:
-        key = (split, s, which)
+    def acts(target: _Target, which: str) -> Tensor:
+        """Clean activations of ``which`` images from the head that feeds ``target`` (cached)."""
+        hk, s = target.head_key, target.size
+        key = (hk, s, which)
         if key not in cache:
-            if split not in heads:
-                heads[split] = split_model(model, split)[0].eval()
+            if hk not in heads:
+                tr = target.transform
+                heads[hk] = (
+                    transform_head(weights, tr, model_name)
+                    if tr is not None and tr.head_state is not None
+                    else split_model(model, target.split)[0].eval()
+                )
             images = aux_set.images if which == "aux" else sets[which].images
             cache[key] = head_activations(
-                heads[split], images, s, desc=f"head {split} @{s} ({which})", progress=progress
+                heads[hk], images, s, desc=f"head {hk} @{s} ({which})", progress=progress
             )
         return cache[key]
 
@@ -233,7 +249,7 @@ def run_audit(
         recon_rows.append(("original", sets[primary].targets[:SHOW]))
     (out / "attackers").mkdir(parents=True, exist_ok=True)
     for target in tqdm(targets, desc="audit", disable=not progress):
-        a = acts(target.split, target.size, "aux")
+        a = acts(target, "aux")
         spec = NoiseSpec.of(target.transform.noise, a.shape[1:]) if target.transform else None
         attacker = train_attacker(
             a, aux_set.targets, aux_set.paths, spec, cfg, f"attack {target.name}", progress
@@ -267,7 +283,7 @@ def run_audit(
                     "(cheaper proxy; audit at its own size for the release numbers)."
                 )
         for name, image_set in sets.items():
-            e = acts(target.split, target.size, name)
+            e = acts(target, name)
             res.sets[name] = _measure(attackers, e, image_set, spec, cfg)
             link = linkage_auc(verifier, e, image_set.paths, spec, seed=cfg.seed + 11)
             if link is not None:
@@ -286,7 +302,7 @@ def run_audit(
                 f"{attacker.plateau_gain:.3f} in the last quarter of training; raise --steps."
             )
         if primary is not None:
-            e = acts(target.split, target.size, primary)[:SHOW]
+            e = acts(target, primary)[:SHOW]
             recon = decode(attacker.decoder, _released(e, spec, cfg.seed + 101))
             label = target.name if target.transform is None else f"{target.name} (α={res.alpha:g})"
             recon_rows.append((label, (recon * 255).round().to(torch.uint8)))

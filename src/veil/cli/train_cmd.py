@@ -55,6 +55,9 @@ def train(
     scene_fraction: float = typer.Option(0.25, help="Share of samples cropped from scenes."),
     split: str = typer.Option("inception3", help="Split point: rdcl (reference design) or inception1..3."),
     train_tail: bool = typer.Option(True, "--train-tail/--noise-only", help="Fine-tune the tail jointly."),
+    train_head: bool = typer.Option(
+        False, "--train-head", help="Also fine-tune the head's last block (the client then runs it)."
+    ),
     granularity: str = typer.Option(
         "element", help="element (per-element sigma) or channel (shift-invariant)."
     ),
@@ -62,12 +65,14 @@ def train(
     samples: int = typer.Option(256, help="Training samples (mosaics/crops) cached once."),
     batch_size: int = typer.Option(8, help="Samples per step (per process under torchrun)."),
     lr_tail: float = typer.Option(3e-5, help="Learning rate of the tail (with --train-tail)."),
+    lr_head: float = typer.Option(1e-4, help="Learning rate of the head's last block (with --train-head)."),
     privacy: str = typer.Option(
         "mean",
         help="mean: -log mean sigma (Cloak); relative: per-channel SNR; adversarial: + online decoder.",
     ),
     adversary_weight: float = typer.Option(1.0, help="Weight of the online decoder's term (adversarial)."),
     adversary_photos: int = typer.Option(256, help="Photos the online decoder learns from (adversarial)."),
+    adversary_steps: int = typer.Option(1, help="Online decoder updates per training step (adversarial)."),
     size: int = typer.Option(1024, help="Input size the transform is trained for."),
     seed: int = typer.Option(0, help="Seed of the data augmentation (the noise itself stays OS-seeded)."),
     threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
@@ -84,6 +89,7 @@ def train(
         granularity,
         split=split,
         train_tail=train_tail,
+        train_head=train_head,
         steps=steps,
         samples=samples,
         batch_size=batch_size,
@@ -94,9 +100,11 @@ def train(
         task=task,
         scene_fraction=scene_fraction,
         lr_tail=lr_tail,
+        lr_head=lr_head,
         privacy=privacy,
         adversary_weight=adversary_weight,
         adversary_photos=adversary_photos,
+        adversary_steps=adversary_steps,
     )
     set_threads(threads)
     metrics = run(cfg, out, progress=not quiet)
