@@ -171,4 +171,12 @@ def test_audit_attacks_what_the_transforms_head_releases(
     assert tr.head_state is not None
     got = heads[0].state_dict()
     assert all(torch.equal(got[k], v) for k, v in tr.head_state.items())
-    assert [t.kind for t in result.targets] == ["clean", "transform"]  # the clean baseline at its split
+    # the base head's clean baseline, the fine-tuned head without noise, then the transform itself
+    assert [(t.kind, t.name) for t in result.targets] == [
+        ("clean", "clean inception3 @256"),
+        ("clean", "t head, no noise"),
+        ("transform", "t"),
+    ]
+    metrics = json.loads((tmp_path / "audit/metrics.json").read_text())
+    snr = [t["sets"]["lfw/test"]["snr_db"] for t in metrics["targets"]]
+    assert snr[0] is None and snr[1] is None and snr[2] is not None  # noise only on the transform

@@ -72,6 +72,13 @@ class _Target:
     split: str
     size: int
     transform: Transform | None = None
+    #: The transform's own (fine-tuned) head without its noise: what the head alone hides.
+    noiseless: bool = False
+
+    @property
+    def noise(self) -> Transform | None:
+        """The transform whose noise is attacked (None: clean activations)."""
+        return None if self.noiseless else self.transform
 
     @property
     def head_key(self) -> str:
@@ -209,6 +216,8 @@ def run_audit(
             targets.append(_Target(f"clean {tr.split} @{s}", tr.split, s))
     for tr in loaded:
         name = tr.path.name if tr.path else f"alpha {tr.alpha:g}"
+        if tr.head_state is not None:  # the fine-tuned head alone, as a baseline for its noise
+            targets.append(_Target(f"{name} head, no noise", tr.split, _audit_size(tr, size), tr, True))
         targets.append(_Target(name, tr.split, _audit_size(tr, size), tr))
 
     aux_paths = list_images(aux)[: cfg.max_images]
@@ -250,7 +259,7 @@ def run_audit(
     (out / "attackers").mkdir(parents=True, exist_ok=True)
     for target in tqdm(targets, desc="audit", disable=not progress):
         a = acts(target, "aux")
-        spec = NoiseSpec.of(target.transform.noise, a.shape[1:]) if target.transform else None
+        spec = NoiseSpec.of(target.noise.noise, a.shape[1:]) if target.noise else None
         attacker = train_attacker(
             a, aux_set.targets, aux_set.paths, spec, cfg, f"attack {target.name}", progress
         )
@@ -265,12 +274,12 @@ def run_audit(
         verifier = train_verifier(a, aux_set.paths, spec, link_cfg, f"verifier {target.name}", progress)
         res = TargetResult(
             name=target.name,
-            kind="transform" if target.transform else "clean",
+            kind="transform" if target.noise else "clean",
             split=target.split,
             input_size=target.size,
         )
-        if target.transform is not None:
-            tr = target.transform
+        if target.noise is not None:
+            tr = target.noise
             res.alpha, res.granularity = tr.alpha, tr.noise.granularity
             res.transform, res.mean_sigma = str(tr.path), float(tr.noise.mean_sigma())
             row = _join_sweep(_sweep_rows(Path(sweep) if sweep else None), tr)
@@ -304,7 +313,7 @@ def run_audit(
         if primary is not None:
             e = acts(target, primary)[:SHOW]
             recon = decode(attacker.decoder, _released(e, spec, cfg.seed + 101))
-            label = target.name if target.transform is None else f"{target.name} (α={res.alpha:g})"
+            label = target.name if target.noise is None else f"{target.name} (α={res.alpha:g})"
             recon_rows.append((label, (recon * 255).round().to(torch.uint8)))
         results.append(res)
         if progress:

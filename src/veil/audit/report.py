@@ -280,7 +280,7 @@ def plot_tradeoff(result: AuditResult, path: Path) -> None:
             ax.text(
                 t.sets[primary]["ssim"]["1"],
                 ax.get_ylim()[1],
-                f" clean {t.split}",
+                f" {t.name}",
                 rotation=90,
                 fontsize=7,
                 va="top",
