@@ -1,6 +1,6 @@
 """Benchmark remote inference through a real Triton server (``veil serve``) on loopback.
 
-    python bench/serve.py [--runs 20] [--seconds 10] [--json out.json]
+    python bench/serve.py [--transform DIR] [--runs 20] [--seconds 10] [--json out.json]
     python bench/serve.py --soak [--soak-seconds 60]
 
 Batch 1, a real 1920x1080 photo at 1024x1024. Median latency of (a) local clean inference, (b) local
@@ -8,7 +8,11 @@ noisy inference, (c) noisy inference through the server over HTTP and gRPC (head
 there); then throughput with 1, 4 and 8 concurrent clients sending precomputed noisy activations (so the
 server is what is measured) with dynamic batching on. The server runs in its own process, as a user
 would run it. ``--soak``: 8 clients for 60 s, requests served, p50/p99 latency, failures, server memory.
-The noise is a fresh Gaussian sample per call (the cost of sampling a transform), scale ``--sigma``.
+
+Without ``--transform``: the reference design's interface (split after RDCL, base weights, a fresh
+Gaussian sample per call of scale ``--sigma`` standing in for a transform). With ``--transform DIR``:
+veil's deployment of that transform (its split, its head and noise here, ``veil serve --transform``
+there), e.g. a shipped one under ``src/veil/transforms``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import WEIGHTS, full_hd_image, median_ms
 from veil.client import VeilClient
 from veil.detect import Detector, build_detector
+from veil.pipeline import load_pipeline
 from veil.serve.server import free_ports
 
 
@@ -45,7 +50,9 @@ class GaussianNoise(nn.Module):
         return x + self.sigma * torch.randn_like(x)
 
 
-def start_server(threads: int, instances: int) -> tuple[subprocess.Popen[str], int, int]:
+def start_server(
+    threads: int, instances: int, transform: Path | None
+) -> tuple[subprocess.Popen[str], int, int]:
     """``veil serve`` in a child process; returns once it prints its endpoints."""
     http_port, grpc_port, metrics_port = free_ports(3)
     cmd = [
@@ -68,6 +75,8 @@ def start_server(threads: int, instances: int) -> tuple[subprocess.Popen[str], i
         "--triton-log",
         os.devnull,
     ]
+    if transform is not None:
+        cmd += ["--transform", str(transform)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -143,6 +152,7 @@ def main() -> None:
     ap.add_argument("--server-threads", type=int, default=None, help="PyTorch threads in the server.")
     ap.add_argument("--instances", type=int, default=1, help="Model instances per tail in the server.")
     ap.add_argument("--sigma", type=float, default=1.0)
+    ap.add_argument("--transform", type=Path, default=None, help="Serve and send through this transform.")
     ap.add_argument("--protocol", choices=["http", "grpc"], default="grpc", help="For throughput and soak.")
     ap.add_argument("--soak", action="store_true", help="Only the soak run: 8 clients for --soak-seconds.")
     ap.add_argument("--soak-seconds", type=float, default=60.0)
@@ -154,11 +164,17 @@ def main() -> None:
 
     img = full_hd_image()
     clean = build_detector(WEIGHTS)
-    noise = GaussianNoise(args.sigma)
-    noisy = Detector(clean.head, clean.tail, noise=noise)
+    if args.transform is None:
+        noise: nn.Module = GaussianNoise(args.sigma)
+        noisy = Detector(clean.head, clean.tail, noise=noise)
+    else:
+        noisy = load_pipeline(WEIGHTS, args.transform, size=(1024, 1024))
+        noise = noisy.noise
     with torch.inference_mode():
         act = noisy.release(noisy.preprocess([img])).contiguous()
-    proc, http_port, grpc_port = start_server(args.server_threads or args.threads, args.instances)
+    proc, http_port, grpc_port = start_server(
+        args.server_threads or args.threads, args.instances, args.transform
+    )
     urls = {"http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
     report: dict[str, Any] = {
         "threads": args.threads,
@@ -166,6 +182,7 @@ def main() -> None:
         "instances": args.instances,
         "cpus": os.cpu_count(),
         "protocol": args.protocol,
+        "transform": str(args.transform) if args.transform else None,
     }
     try:
         if args.soak:
@@ -199,14 +216,15 @@ def main() -> None:
                 "local_noisy": median_ms(lambda: noisy.detect([img]), args.runs),
             }
             for protocol, url in urls.items():
-                with VeilClient(url, protocol, noise=noise, head=clean.head, timeout=60) as c:
+                with VeilClient(url, protocol, noise=noise, head=noisy.head, timeout=60) as c:
                     ms[f"server_{protocol}"] = median_ms(partial(c.detect, [img]), args.runs)
             report["latency_ms"] = ms
             runs = [load(urls[args.protocol], args.protocol, act, n, args.seconds) for n in (1, 4, 8)]
             report["throughput"] = runs
             print(
                 f"veil serve benchmark: 1920x1080 photo -> 1024x1024, batch 1, {args.threads} threads, "
-                f"{os.cpu_count()} CPUs, loopback"
+                f"{os.cpu_count()} CPUs, loopback; "
+                + (f"transform {args.transform}" if args.transform else "RDCL split, Gaussian noise")
             )
             for k, v in ms.items():
                 print(f"  {k:<14}{v:>9.1f} ms (median of {args.runs})")
