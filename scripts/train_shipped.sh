@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
-# Reproduces the transforms shipped in src/veil/transforms (about 5-8 CPU-minutes each on 2 cores).
-# Default configuration: split after inception3, tail fine-tuned, per-channel (shift-invariant) noise,
-# trained label-free on LFW mosaics plus the *train* half of the street scenes (their boxes unused), so
-# that the *test* half, the FDDB sample and the WIDER sample are never seen in training.
-# Reference-design compatible: split after RDCL (the reference's 1x128x32x32 interface, same wire shape).
+# Reproduces the transforms shipped in src/veil/transforms (about 15-25 CPU-minutes each on 2 cores).
+# Default configuration: split after inception3; the head's last block (inception3), the per-channel
+# noise and the tail are trained together against an online reconstruction attacker
+# (--train-head --privacy adversarial), label-free on LFW mosaics plus the *train* half of the street
+# scenes (their boxes unused), so that the *test* half, the FDDB sample and the WIDER sample are never
+# seen in training.
+# Reference-design compatible: split after RDCL (the reference's 1x128x32x32 interface, same wire shape),
+# noise and tail only (nothing precedes RDCL in the head to fine-tune).
+# Training draws its noise from OS entropy, so a rerun gives a transform of the same quality, not the
+# same bytes (two runs of one recipe differ by 1-2 AP points).
 set -euo pipefail
 SHARED=${VEIL_SHARED:-../shared}
 W=$SHARED/weights/faceboxes/FaceBoxes.pth
 OUT=${1:-src/veil/transforms}
 common=(--weights "$W" --images "$SHARED/data/lfw/train" --labels "$SHARED/data/mask-scenes" --labels-part train
         --scene-fraction 0.75 --steps 1600 --samples 256 --size 1024 --seed 0 --quiet)
-for a in 0.1 0.2 0.5 0.8; do
+default=(--split inception3 --granularity channel --train-tail --train-head --lr-tail 1e-4
+         --privacy adversarial --adversary-weight 3 --adversary-steps 2)
+for a in 0.05 0.2 0.5 0.8; do
   [ -f "$OUT/faceboxes-inception3-alpha$a/transform.json" ] && continue  # already trained
-  veil train "${common[@]}" --alpha "$a" --split inception3 --train-tail --granularity channel \
-    --out "$OUT/faceboxes-inception3-alpha$a"
+  veil train "${common[@]}" "${default[@]}" --alpha "$a" --out "$OUT/faceboxes-inception3-alpha$a"
 done
 [ -f "$OUT/faceboxes-rdcl-alpha0.8/transform.json" ] ||
 veil train "${common[@]}" --alpha 0.8 --split rdcl --train-tail --granularity channel \

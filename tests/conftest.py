@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,16 @@ import pytest
 TINY_TRAIN: dict[str, int] = {"samples": 8, "steps": 40, "batch_size": 4, "input_size": 256, "log_every": 10}
 
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def run_veil(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The ``veil`` command as a user runs it (its own process, errors as the CLI prints them)."""
+    return subprocess.run(
+        [sys.executable, "-c", "from veil.cli.main import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _require(path: Path) -> Path:

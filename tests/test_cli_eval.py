@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from conftest import run_veil
 from veil.cli.main import app
 
 runner = CliRunner()
@@ -77,12 +76,7 @@ def test_detect_writes_png_and_json(fddb_sample: Path, weights: Path, tmp_path: 
     ],
 )
 def test_user_errors_are_one_line(args: list[str], message: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", "from veil.cli.main import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_veil(*args)
     assert proc.returncode == 2
     err = proc.stderr.strip()
     assert message in err and len(err.splitlines()) == 1, err

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import TINY_TRAIN
+from conftest import TINY_TRAIN, run_veil
 from veil.adversary import OnlineAttacker
 from veil.artifact import load_transform
 from veil.errors import SplitPointError, TransformError
@@ -125,12 +123,7 @@ def test_head_flag_and_tensors_must_agree(trained_head: Path, tmp_path: Path) ->
 def test_train_head_at_the_first_split_is_refused(weights: Path, shared_dir: Path, tmp_path: Path) -> None:
     args = ["train", "--weights", str(weights), "--images", str(shared_dir / "data/lfw/train")]
     args += ["--alpha", "0.1", "--split", "rdcl", "--train-head", "--out", str(tmp_path / "x")]
-    proc = subprocess.run(
-        [sys.executable, "-c", "from veil.cli.main import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_veil(*args)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "later split" in proc.stderr
     assert not (tmp_path / "x").exists()
