@@ -51,7 +51,7 @@ class GaussianNoise(nn.Module):
 
 
 def start_server(
-    threads: int, instances: int, transform: Path | None
+    threads: int, instances: int, transform: Path | None, eager: bool = False
 ) -> tuple[subprocess.Popen[str], int, int]:
     """``veil serve`` in a child process; returns once it prints its endpoints."""
     http_port, grpc_port, metrics_port = free_ports(3)
@@ -77,6 +77,8 @@ def start_server(
     ]
     if transform is not None:
         cmd += ["--transform", str(transform)]
+    if eager:
+        cmd.append("--eager")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -153,6 +155,7 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=1, help="Model instances per tail in the server.")
     ap.add_argument("--sigma", type=float, default=1.0)
     ap.add_argument("--transform", type=Path, default=None, help="Serve and send through this transform.")
+    ap.add_argument("--eager", action="store_true", help="The server runs eager tails (not TorchScript).")
     ap.add_argument("--protocol", choices=["http", "grpc"], default="grpc", help="For throughput and soak.")
     ap.add_argument("--soak", action="store_true", help="Only the soak run: 8 clients for --soak-seconds.")
     ap.add_argument("--soak-seconds", type=float, default=60.0)
@@ -173,7 +176,7 @@ def main() -> None:
     with torch.inference_mode():
         act = noisy.release(noisy.preprocess([img])).contiguous()
     proc, http_port, grpc_port = start_server(
-        args.server_threads or args.threads, args.instances, args.transform
+        args.server_threads or args.threads, args.instances, args.transform, args.eager
     )
     urls = {"http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
     report: dict[str, Any] = {
@@ -183,6 +186,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "protocol": args.protocol,
         "transform": str(args.transform) if args.transform else None,
+        "server_tails": "eager" if args.eager else "torchscript (frozen)",
     }
     try:
         if args.soak:

@@ -28,6 +28,7 @@ def run_server(
     no_auth: bool = False,
     triton_log: Path | None = None,
     device: str = "cpu",
+    eager: bool = False,
 ) -> None:
     """The command's body: serve until SIGINT/SIGTERM. ``tail_state_dict`` = the noise-trained tail."""
     from veil.serve.server import ServerConfig, VeilServer
@@ -44,6 +45,7 @@ def run_server(
         access_token=access_token,
         restrict=not no_auth,
         log_file=triton_log,
+        freeze=not eager,
     )
     if model_repository is not None:
         server = VeilServer.from_repository(model_repository, config, device=device)
@@ -107,6 +109,9 @@ def serve(
     triton_log: Path | None = typer.Option(None, help="Write Triton's own log to this file."),
     threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
     device: str = typer.Option("cpu", help="Device for the tails (cpu, cuda)."),
+    eager: bool = typer.Option(
+        False, "--eager", help="Run the tails as eager PyTorch (default: traced and frozen TorchScript)."
+    ),
 ) -> None:
     """Start Triton serving face_detection_base and face_detection_noisy until Ctrl+C."""
     set_threads(threads)
@@ -124,4 +129,5 @@ def serve(
         no_auth=no_auth,
         triton_log=triton_log,
         device=device,
+        eager=eager,
     )

@@ -175,6 +175,27 @@ def torchscript_bytes(tail: nn.Module, atol: float = 1e-4) -> tuple[bytes, float
     return data, diff
 
 
+def frozen_for_serving(tail: nn.Module, device: torch.device, atol: float = 1e-4) -> nn.Module:
+    """A served tail traced and frozen (BatchNorm folded into the convolutions) for this process.
+
+    The whole forward then runs in TorchScript's interpreter: no Python between operators, so the
+    server's other Python threads (PyTriton's request and response loops) cannot stall it on the GIL.
+    Checked against the eager tail before use, like an export.
+    """
+    if isinstance(tail, torch.jit.ScriptModule):
+        return tail
+    eager = tail.eval()
+    example = torch.zeros(1, *ACTIVATION_DIMS, device=device).contiguous(memory_format=torch.channels_last)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_JIT_WARNINGS, category=FutureWarning)
+        with torch.inference_mode(False), torch.no_grad():
+            frozen = torch.jit.freeze(torch.jit.trace(eager, example, check_trace=False))
+    diff = max_abs_diff(eager, frozen, [x.to(device) for x in _check_inputs()])
+    if not diff < atol:
+        raise ServingError(f"frozen tail differs from the PyTorch tail by {diff:.3g} (limit {atol:g})")
+    return frozen
+
+
 def load_torchscript(path: str | Path, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
     """Load an exported ``model.pt`` (a served tail)."""
     with warnings.catch_warnings():

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from veil.errors import InputError, ServingError
-from veil.serve.export import ScoresTail, build_tails, load_repository
+from veil.serve.export import ScoresTail, build_tails, frozen_for_serving, load_repository
 from veil.serve.validate import (
     ACTIVATION_DIMS,
     BASE_MODEL,
@@ -74,6 +74,8 @@ class ServerConfig:
     max_queue_delay_us: int = 500
     #: Model instances per tail (PyTriton runs each in its own thread; useful with 1 torch thread each).
     instances: int = 1
+    #: Serve TorchScript (traced, frozen) tails instead of eager PyTorch: see ``frozen_for_serving``.
+    freeze: bool = True
     access_token: str | None = None
     restrict: bool = True
     log_verbose: int = 0
@@ -162,10 +164,13 @@ class VeilServer:
             raise ServingError("nothing to serve: no tails given")
         self.config = config or ServerConfig()
         self.device = torch.device(device)
+        served: dict[int, nn.Module] = {}  # one frozen copy per distinct module (base may be noisy)
+        for tail in tails.values():
+            if id(tail) not in served:
+                module = tail.to(self.device).eval()
+                served[id(tail)] = frozen_for_serving(module, self.device) if self.config.freeze else module
         self.runners = {
-            name: _TailRunner(
-                name, tail.to(self.device).eval(), self.device, self.config.max_batch_size, on_request
-            )
+            name: _TailRunner(name, served[id(tail)], self.device, self.config.max_batch_size, on_request)
             for name, tail in tails.items()
         }
         self._triton: Any = None
