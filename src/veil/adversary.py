@@ -59,7 +59,7 @@ class OnlineAttacker:
         self.mean_image = self.targets.mean(0, keepdim=True)
 
     def privacy_term(self, noise: NoiseTransform) -> tuple[Tensor, float]:
-        """Update the decoder once, then return the transform's term ``log(floor) - log(attack)``.
+        """Update the decoder ``steps`` times, then return the term ``log(floor) - log(attack)``.
 
         The term is >= 0 and reaches 0 once the decoder does no better than the mean image; its
         gradient flows into mu and sigma only (the decoder is not moved by it). Also returns the

@@ -6,7 +6,9 @@ domain. With face boxes (``task="multibox"``) it is FaceBoxes' supervised MultiB
 The clean head's activations and the clean outputs are computed once and cached; each step
 then costs only the tail. Optionally the tail is fine-tuned jointly (``train_tail``), which buys
 accuracy at every alpha. With ``privacy="adversarial"`` the privacy term also pits the transform
-against a decoder trained online (``veil.adversary``). Works under ``torchrun`` (DDP; gloo on CPU).
+against a decoder trained online (``veil.adversary``). With ``train_head`` the head's last block is
+fine-tuned too (the cache then holds that block's inputs), so the released features themselves stop
+carrying what rebuilds a face. Works under ``torchrun`` (DDP; gloo on CPU).
 """
 
 from __future__ import annotations
