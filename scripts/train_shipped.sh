@@ -17,7 +17,7 @@ common=(--weights "$W" --images "$SHARED/data/lfw/train" --labels "$SHARED/data/
         --scene-fraction 0.75 --steps 1600 --samples 256 --size 1024 --seed 0 --quiet)
 default=(--split inception3 --granularity channel --train-tail --train-head --lr-tail 1e-4
          --privacy adversarial --adversary-weight 3 --adversary-steps 2)
-for a in 0.05 0.2 0.5 0.8; do
+for a in 0.1 0.2 0.5 0.8; do
   [ -f "$OUT/faceboxes-inception3-alpha$a/transform.json" ] && continue  # already trained
   veil train "${common[@]}" "${default[@]}" --alpha "$a" --out "$OUT/faceboxes-inception3-alpha$a"
 done

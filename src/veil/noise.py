@@ -63,10 +63,12 @@ class NoiseTransform(nn.Module):
         return self.smin + (self.smax - self.smin) * (1.0 + torch.tanh(self.rho)) / 2.0
 
     def mean_sigma(self) -> Tensor:
-        """Mean sigma over kept elements; suppressed ones count as infinitely noisy (they carry nothing)."""
-        keep = self.keep.expand(self.shape) if self.granularity == "channel" else self.keep
-        sigma = self.sigma().expand(self.shape)
-        return sigma[keep].mean() if bool(keep.any()) else sigma.new_tensor(float("inf"))
+        """Mean sigma over every element, the quantity the training objective raises.
+
+        Suppressed elements count with their learned sigma (at least the suppression threshold): a mean
+        over the kept elements only would *fall* as α suppresses more, hiding the extra obfuscation.
+        """
+        return self.sigma().expand(self.shape).mean()
 
     def suppress_above(self, threshold: float) -> int:
         """Replace elements with sigma > threshold by the constant mu; returns how many were suppressed."""

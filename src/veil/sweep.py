@@ -68,7 +68,7 @@ def evaluate_transform(
         ap=ap,
         ap_std=std,
         retained=ap / clean_ap if clean_ap else float("nan"),
-        mean_sigma=float(tr.noise.sigma().mean()),  # the quantity the training objective raises
+        mean_sigma=float(tr.noise.mean_sigma()),
         snr_db=_snr(det, dataset),
         transform=str(transform),
     )
