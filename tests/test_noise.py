@@ -60,6 +60,18 @@ def test_suppression_replaces_by_mu() -> None:
     assert not torch.all(out[:, 1] == 0.25)
 
 
+def test_suppression_does_not_lower_mean_sigma() -> None:
+    """Suppressed elements count with their (large) sigma: suppressing more never looks like less noise."""
+    noise = NoiseTransform((2, 2, 2), smax=4.0, granularity="channel", seed=0)
+    with torch.no_grad():
+        noise.rho.copy_(torch.tensor([3.0, -3.0]).view(2, 1, 1))
+        before = float(noise.mean_sigma())
+        noise.suppress_above(3.5)
+    after = float(noise.mean_sigma())
+    assert after == pytest.approx(before) and after == pytest.approx(float(noise.sigma().mean()))
+    assert after > 1.9  # half the channels near smax=4, half near 0
+
+
 def test_gradients_reach_mu_and_rho() -> None:
     noise = NoiseTransform((2, 3, 3), seed=0)
     noise(torch.randn(4, 2, 3, 3)).pow(2).sum().backward()
