@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the transforms shipped in src/veil/transforms (about 15-25 CPU-minutes each on 2 cores).
+# Reproduces the transforms shipped in src/veil/transforms (about 27 CPU-minutes each on 2 cores).
 # Default configuration: split after inception3; the head's last block (inception3), the per-channel
 # noise and the tail are trained together against an online reconstruction attacker
 # (--train-head --privacy adversarial), label-free on LFW mosaics plus the *train* half of the street

@@ -333,7 +333,7 @@ def train(
         loss.backward()
         opt.step()
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            sigma = float(noise.sigma().detach().mean())
+            sigma = float(noise.mean_sigma().detach())
             log.writerow([step + 1, loss.item(), task.item(), priv.item(), sigma, attack_vs_floor])
             log_file.flush()
             bar.set_postfix(loss=f"{loss.item():.3f}", task=f"{task.item():.3f}", sigma=f"{sigma:.3f}")
@@ -395,11 +395,12 @@ def _final_metrics(
     t = cache.face_prob[:32]
     pos = t > 0.5
     recall = float(((prob > 0.5) & pos).sum() / pos.sum().clamp_min(1))
+    mean_sigma = float(noise.mean_sigma())
     return {
-        "mean_sigma": float(noise.sigma().mean()),
+        "mean_sigma": mean_sigma,
         "snr_db": snr_db(acts, released),
         "suppressed_fraction": noise.suppressed_fraction,
         "clean_positive_recall": recall,
         "score_mae": float((prob - t).abs().mean()),
-        "log_mean_sigma": math.log(float(noise.sigma().mean())),
+        "log_mean_sigma": math.log(mean_sigma),
     }

@@ -22,7 +22,8 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,14 @@ MODEL_FILENAME = "model.pt"
 MANIFEST = "veil-export.json"
 #: TorchScript is what Triton's libtorch backend loads; torch's deprecation notice does not apply here.
 _JIT_WARNINGS = r".*torch\.jit.*deprecated.*"
+
+
+@contextmanager
+def _quiet_jit() -> Iterator[None]:
+    """TorchScript announces its deprecation on every trace, save and load; veil still ships it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_JIT_WARNINGS, category=FutureWarning)
+        yield
 
 
 class ScoresTail(nn.Module):
@@ -158,21 +167,33 @@ def max_abs_diff(a: nn.Module, b: nn.Module, inputs: list[Tensor] | None = None)
     return worst
 
 
+def check_close(
+    eager: nn.Module, other: nn.Module, what: str, atol: float, inputs: list[Tensor] | None = None
+) -> float:
+    """``max_abs_diff`` of a converted tail against its eager original; a ServingError past ``atol``."""
+    diff = max_abs_diff(eager, other, inputs)
+    if not diff < atol:
+        raise ServingError(f"{what} tail differs from the PyTorch tail by {diff:.3g} (limit {atol:g})")
+    return diff
+
+
+def _trace(module: nn.Module, example: Tensor, freeze: bool = False) -> torch.jit.ScriptModule:
+    """Trace (and optionally freeze) with TorchScript's deprecation notices silenced."""
+    with _quiet_jit(), torch.inference_mode(False), torch.no_grad():
+        traced = torch.jit.trace(module, example, check_trace=False)
+        return torch.jit.freeze(traced) if freeze else traced
+
+
 def torchscript_bytes(tail: nn.Module, atol: float = 1e-4) -> tuple[bytes, float]:
     """Trace ``ScoresTail(tail)`` on CPU and return (file bytes, max abs diff vs eager after reload)."""
     eager = ScoresTail(copy.deepcopy(tail).float().cpu().eval()).eval()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_JIT_WARNINGS, category=FutureWarning)
-        with torch.inference_mode(False), torch.no_grad():
-            traced = torch.jit.trace(eager, torch.zeros(1, *ACTIVATION_DIMS), check_trace=False)
-        buf = io.BytesIO()
+    buf = io.BytesIO()
+    traced = _trace(eager, torch.zeros(1, *ACTIVATION_DIMS))
+    with _quiet_jit():
         torch.jit.save(traced, buf)
-        data = buf.getvalue()
-        reloaded = torch.jit.load(io.BytesIO(data), map_location="cpu")
-    diff = max_abs_diff(eager, reloaded)
-    if not diff < atol:
-        raise ServingError(f"TorchScript tail differs from the PyTorch tail by {diff:.3g} (limit {atol:g})")
-    return data, diff
+    data = buf.getvalue()
+    reloaded = load_torchscript(io.BytesIO(data))
+    return data, check_close(eager, reloaded, "TorchScript", atol)
 
 
 def frozen_for_serving(tail: nn.Module, device: torch.device, atol: float = 1e-4) -> nn.Module:
@@ -186,22 +207,18 @@ def frozen_for_serving(tail: nn.Module, device: torch.device, atol: float = 1e-4
         return tail
     eager = tail.eval()
     example = torch.zeros(1, *ACTIVATION_DIMS, device=device).contiguous(memory_format=torch.channels_last)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_JIT_WARNINGS, category=FutureWarning)
-        with torch.inference_mode(False), torch.no_grad():
-            frozen = torch.jit.freeze(torch.jit.trace(eager, example, check_trace=False))
-    diff = max_abs_diff(eager, frozen, [x.to(device) for x in _check_inputs()])
-    if not diff < atol:
-        raise ServingError(f"frozen tail differs from the PyTorch tail by {diff:.3g} (limit {atol:g})")
+    frozen = _trace(eager, example, freeze=True)
+    check_close(eager, frozen, "frozen", atol, [x.to(device) for x in _check_inputs()])
     return frozen
 
 
-def load_torchscript(path: str | Path, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
-    """Load an exported ``model.pt`` (a served tail)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_JIT_WARNINGS, category=FutureWarning)
+def load_torchscript(
+    path: str | Path | io.BytesIO, device: str | torch.device = "cpu"
+) -> torch.jit.ScriptModule:
+    """Load an exported ``model.pt`` (a served tail), from a file or from bytes just written."""
+    with _quiet_jit():
         try:
-            module = torch.jit.load(str(path), map_location=device)
+            module = torch.jit.load(path if isinstance(path, io.BytesIO) else str(path), map_location=device)
         except (RuntimeError, ValueError, OSError) as exc:
             raise ServingError(f"{path}: cannot load TorchScript ({str(exc).splitlines()[0][:120]})") from exc
     return module.eval()

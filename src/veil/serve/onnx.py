@@ -45,7 +45,7 @@ class _OrtTail(nn.Module):
 
 def onnx_bytes(tail: nn.Module, atol: float = 1e-4) -> tuple[bytes, float]:
     """Export ``ScoresTail(tail)`` (dynamic batch axis) and return (file bytes, max abs diff vs eager)."""
-    from veil.serve.export import ScoresTail, max_abs_diff
+    from veil.serve.export import ScoresTail, check_close
 
     ort = _runtime()
     eager = ScoresTail(copy.deepcopy(tail).float().cpu().eval()).eval()
@@ -70,7 +70,4 @@ def onnx_bytes(tail: nn.Module, atol: float = 1e-4) -> tuple[bytes, float]:
         )
         data = path.read_bytes()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
-    worst = max_abs_diff(eager, _OrtTail(session))
-    if not worst < atol:
-        raise ServingError(f"ONNX tail differs from the PyTorch tail by {worst:.3g} (limit {atol:g})")
-    return data, worst
+    return data, check_close(eager, _OrtTail(session), "ONNX", atol)
