@@ -187,7 +187,7 @@ def test_onnx_repository_matches_the_tail(repo: dict[str, Any], fddb_sample: Pat
     """``--onnx``: model.onnx files for onnxruntime_onnx, checked by ONNX Runtime on a real activation."""
     ort = pytest.importorskip("onnxruntime")
     out = tmp_path / "onnx_repository"
-    result = ex.export_triton_repository(out, repo["base"], repo["noisy"], onnx=True)
+    result = ex.export_triton_repository(out, repo["base"], repo["noisy"], backend="onnx")
     img = load_image(sorted(fddb_sample.rglob("*.jpg"))[0])
     with torch.inference_mode():
         act = repo["head"](preprocess([img]).tensor)

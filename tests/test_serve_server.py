@@ -1,4 +1,4 @@
-"""A real Triton (PyTriton) server on loopback, the real tritonclient: results, privacy, robustness."""
+"""A real Triton server on loopback (both engines), the real tritonclient: results, privacy, robustness."""
 
 from __future__ import annotations
 
@@ -59,6 +59,21 @@ class Recorder:
         return out
 
 
+class DirRecorder:
+    """The python engine's record of every accepted activation: ``<model>-<id>.npy`` files."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def take(self) -> list[tuple[str, np.ndarray]]:
+        out = []
+        for f in sorted(self.folder.glob("*.npy")):
+            if not f.name.startswith("."):
+                out.append((f.name.rsplit("-", 1)[0], np.load(f)))
+                f.unlink()
+        return out
+
+
 @pytest.fixture(scope="session")
 def images(fddb_sample: Path) -> list[torch.Tensor]:
     paths = sorted(fddb_sample.rglob("*.jpg"))[:3]
@@ -80,17 +95,32 @@ def parts(weights: Path) -> dict[str, Any]:
     return {"clean": clean, "noisy": noisy, "noise": noise, "noisy_tail": noisy_tail}
 
 
-@pytest.fixture(scope="session")
-def server(parts: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+@pytest.fixture(scope="session", params=["python", "pytriton"])
+def server(
+    request: pytest.FixtureRequest, parts: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """The server on free loopback ports, with a record of what reached the tails, per engine."""
     from veil.serve.server import ServerConfig, VeilServer
 
+    engine = request.param
+    folder = tmp_path_factory.mktemp(f"triton-{engine}")
     http_port, grpc_port, metrics_port = free_ports(3)
-    log = tmp_path_factory.mktemp("triton") / "triton.log"
     config = ServerConfig(
-        http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, access_token=TOKEN, log_file=log
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        access_token=TOKEN,
+        log_file=folder / "triton.log",
+        engine=engine,
+        record_dir=folder / "received" if engine == "python" else None,
     )
-    recorder = Recorder()
-    srv = VeilServer.from_tails(parts["clean"].tail, parts["noisy_tail"], config, on_request=recorder)
+    recorder: Recorder | DirRecorder
+    if engine == "pytriton":
+        recorder = Recorder()
+        srv = VeilServer.from_tails(parts["clean"].tail, parts["noisy_tail"], config, on_request=recorder)
+    else:
+        recorder = DirRecorder(folder / "received")
+        srv = VeilServer.from_tails(parts["clean"].tail, parts["noisy_tail"], config)
     srv.recorder = recorder  # type: ignore[attr-defined]
     with srv:
         yield srv

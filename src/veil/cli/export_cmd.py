@@ -23,7 +23,7 @@ def export_triton(
     overwrite: bool = False,
     tail_state_dict: Mapping[str, torch.Tensor] | None = None,
     transform: Path | None = None,
-    onnx: bool = False,
+    backend: str = "libtorch",
 ) -> None:
     """The command's body, callable with a noise-trained tail (``tail_state_dict``) for the noisy model."""
     from veil.serve.export import build_tails, export_triton_repository
@@ -41,10 +41,12 @@ def export_triton(
         max_batch_size=max_batch_size,
         instances=instances,
         overwrite=overwrite,
-        onnx=onnx,
+        backend=backend,
     )
     kind = "KIND_GPU" if gpu else "KIND_CPU"
-    what = "ONNX (onnxruntime_onnx)" if onnx else "TorchScript"
+    what = {"onnx": "ONNX (onnxruntime_onnx)", "python": "TorchScript (Python backend)"}.get(
+        backend, "TorchScript"
+    )
     for name, diff in result.max_abs_diff.items():
         typer.echo(f"{name}: {what} matches the PyTorch tail (max abs diff {diff:.2g}), {kind}")
     if tail_state_dict is None and transform is None:
@@ -63,9 +65,14 @@ def triton(
     transform: Path | None = typer.Option(
         None, "--transform", "-t", help="Transform directory: face_detection_noisy gets its tail."
     ),
-    onnx: bool = typer.Option(False, "--onnx", help="ONNX for onnxruntime_onnx, not TorchScript."),
+    backend: str = typer.Option(
+        "libtorch",
+        help="libtorch (TorchScript, pytorch_libtorch), onnx (onnxruntime_onnx) or python "
+        "(TorchScript run by Triton's Python backend, as `veil serve` does).",
+    ),
+    onnx: bool = typer.Option(False, "--onnx", help="Same as --backend onnx."),
 ) -> None:
-    """Write face_detection_base and face_detection_noisy for Triton (TorchScript, or ONNX with --onnx)."""
+    """Write face_detection_base and face_detection_noisy for Triton (TorchScript, ONNX or Python)."""
     export_triton(
         resolve_weights(weights),
         out,
@@ -74,5 +81,5 @@ def triton(
         instances=instances,
         overwrite=overwrite,
         transform=transform,
-        onnx=onnx,
+        backend="onnx" if onnx else backend,
     )

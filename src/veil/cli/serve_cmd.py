@@ -29,6 +29,9 @@ def run_server(
     triton_log: Path | None = None,
     device: str = "cpu",
     eager: bool = False,
+    engine: str = "python",
+    threads: int | None = None,
+    record: Path | None = None,
 ) -> None:
     """The command's body: serve until SIGINT/SIGTERM. ``tail_state_dict`` = the noise-trained tail."""
     from veil.serve.server import ServerConfig, VeilServer
@@ -46,6 +49,9 @@ def run_server(
         restrict=not no_auth,
         log_file=triton_log,
         freeze=not eager,
+        engine=engine,
+        threads=threads or 0,
+        record_dir=record,
     )
     if model_repository is not None:
         server = VeilServer.from_repository(model_repository, config, device=device)
@@ -71,7 +77,9 @@ def run_server(
         typer.echo("Server endpoints:")
         for line in ep.lines():
             typer.echo(line)
-        typer.echo(f"models: {', '.join(srv.runners)}; {source}")
+        typer.echo(f"models: {', '.join(srv.served)}; {source}; engine {engine}")
+        if record is not None:
+            typer.echo(f"recording every accepted activation to {record}")
         if no_auth:
             typer.echo("access token: none (restricted endpoints are open: --no-auth)")
         elif access_token:
@@ -101,7 +109,9 @@ def serve(
     grpc_port: int = typer.Option(8001, help="gRPC port."),
     metrics_port: int = typer.Option(8002, help="Prometheus metrics port."),
     max_batch_size: int = typer.Option(8, help="Largest batch the dynamic batcher forms."),
-    instances: int = typer.Option(1, help="Model instances per tail (each runs in its own thread)."),
+    instances: int = typer.Option(
+        1, help="Model instances per tail (python engine: a process each; pytriton: a thread each)."
+    ),
     access_token: str | None = typer.Option(
         None, envvar="VEIL_ACCESS_TOKEN", help="Token for restricted endpoints (default: generated)."
     ),
@@ -110,7 +120,15 @@ def serve(
     threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
     device: str = typer.Option("cpu", help="Device for the tails (cpu, cuda)."),
     eager: bool = typer.Option(
-        False, "--eager", help="Run the tails as eager PyTorch (default: traced and frozen TorchScript)."
+        False, "--eager", help="Do not freeze the TorchScript tails (pytriton engine: run them eagerly)."
+    ),
+    engine: str = typer.Option(
+        "python",
+        help="python: Triton's Python-backend stub runs the tails (fastest); "
+        "pytriton: this process runs them behind PyTriton's proxy.",
+    ),
+    record: Path | None = typer.Option(
+        None, help="python engine: save every accepted activation here as .npy (audit what arrives)."
     ),
 ) -> None:
     """Start Triton serving face_detection_base and face_detection_noisy until Ctrl+C."""
@@ -130,4 +148,7 @@ def serve(
         triton_log=triton_log,
         device=device,
         eager=eager,
+        engine=engine,
+        threads=threads,
+        record=record,
     )

@@ -1,15 +1,21 @@
-"""An embedded NVIDIA Triton server (PyTriton) that runs the tail on whatever activations arrive.
+"""An embedded NVIDIA Triton server that runs the tail on whatever activations arrive.
 
-PyTriton starts the real ``tritonserver`` binary shipped in its wheel; our tails run in this process
-behind Triton's Python backend, with Triton's dynamic batcher in front. Hardening on top of PyTriton:
+The real ``tritonserver`` binary shipped in the nvidia-pytriton wheel, with Triton's dynamic batcher in
+front of the tails. Two engines:
+
+* ``python`` (default, :mod:`veil.serve.python_backend`): the tails are saved as TorchScript into a
+  Python-backend repository that Triton's backend stub runs itself: the fastest path.
+* ``pytriton`` (:mod:`veil.serve.pytriton_engine`): the tails stay Python objects in this process
+  behind PyTriton's proxy; slower, but ``on_request`` can watch every request.
+
+Hardening either way:
 
 * ``LD_LIBRARY_PATH`` gets this interpreter's libpython folder before the server starts: the backend
   stub links against libpython and, without it, dies with ``_thread.RLock has no attribute
   _recursion_count`` on pyenv-style installs.
 * Triton's frontend rejects wrong names, dtypes, shapes, sizes and oversize batches (HTTP 400 /
-  gRPC INVALID_ARGUMENT). NaN/Inf values are rejected per request inside the backend stub
-  (:data:`veil.serve.validate.STUB_VALIDATION_SOURCE`), so a bad request never fails a good one
-  batched with it; the callable checks again before any tensor reaches PyTorch.
+  gRPC INVALID_ARGUMENT). NaN/Inf values are rejected per request inside the backend stub, so a bad
+  request never fails a good one batched with it.
 * Restricted endpoints (statistics, model repository, shared memory, trace, logging) need the
   ``triton-access-token`` header; the server binds 127.0.0.1 unless told otherwise.
 """
@@ -18,9 +24,12 @@ from __future__ import annotations
 
 import copy
 import os
+import secrets
+import shutil
 import signal
 import socket
 import sysconfig
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -29,28 +38,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from veil.errors import InputError, ServingError
+from veil.errors import ServingError
 from veil.serve.export import ScoresTail, build_tails, frozen_for_serving, load_repository
-from veil.serve.validate import (
-    ACTIVATION_DIMS,
-    BASE_MODEL,
-    INPUT_NAME,
-    LOC_DIMS,
-    LOC_NAME,
-    MAX_BATCH_SIZE,
-    NOISY_MODEL,
-    SCORES_DIMS,
-    SCORES_NAME,
-    STUB_VALIDATION_SOURCE,
-    check_activation,
-)
+from veil.serve.pytriton_engine import RequestHook, TailRunner, start_pytriton
+from veil.serve.validate import BASE_MODEL, MAX_BATCH_SIZE, NOISY_MODEL
 
-#: Called with (model name, activation batch of one request) for every request that reached a tail.
-RequestHook = Callable[[str, np.ndarray], None]
+ENGINES = ("python", "pytriton")
 
 
 def ensure_libpython_on_ld_path() -> str:
@@ -83,6 +79,12 @@ class ServerConfig:
     log_file: Path | None = None
     #: On shutdown, how long Triton waits for in-flight requests and idle keep-alive connections.
     exit_timeout_s: int = 5
+    #: ``python``: Triton's backend stub runs the TorchScript tails; ``pytriton``: this process does.
+    engine: str = "python"
+    #: PyTorch CPU threads per model instance in the ``python`` engine (0: PyTorch's default).
+    threads: int = 0
+    #: ``python`` engine: save every accepted activation here as ``.npy`` (audit what clients send).
+    record_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -113,42 +115,6 @@ def _channels_last(tail: nn.Module) -> nn.Module:
     return copy.deepcopy(tail).eval().to(memory_format=torch.channels_last)
 
 
-class _TailRunner:
-    """The PyTriton callable for one tail: batch the requests, run the tail, split the outputs."""
-
-    def __init__(
-        self, name: str, tail: nn.Module, device: torch.device, max_batch: int, hook: RequestHook | None
-    ) -> None:
-        self.name, self.tail, self.device, self.max_batch, self.hook = name, tail, device, max_batch, hook
-
-    def __call__(self, requests: list[Any]) -> list[dict[str, np.ndarray]]:
-        arrays = []
-        for req in requests:
-            x = req[INPUT_NAME]
-            try:
-                check_activation(x, self.max_batch)
-            except InputError as exc:  # normally stopped earlier by Triton or the stub
-                raise ServingError(str(exc)) from None
-            if self.hook is not None:
-                self.hook(self.name, x)
-            arrays.append(x)
-        # one copy out of PyTriton's (read-only) shared memory, straight into the fast layout
-        x = (
-            torch.from_numpy(np.concatenate(arrays))
-            .to(self.device)
-            .contiguous(memory_format=torch.channels_last)
-        )
-        with torch.inference_mode():
-            loc, scores = self.tail(x)
-        loc_np, scores_np = loc.float().cpu().numpy(), scores.float().cpu().numpy()
-        out, start = [], 0
-        for a in arrays:
-            end = start + a.shape[0]
-            out.append({LOC_NAME: loc_np[start:end], SCORES_NAME: scores_np[start:end]})
-            start = end
-        return out
-
-
 class VeilServer:
     """Serve ``{model name: served tail}`` (modules returning (loc, softmax scores)) over HTTP/gRPC."""
 
@@ -169,11 +135,20 @@ class VeilServer:
             if id(tail) not in served:
                 module = tail.to(self.device).eval()
                 served[id(tail)] = frozen_for_serving(module, self.device) if self.config.freeze else module
+        if self.config.engine not in ENGINES:
+            raise ServingError(f"unknown engine {self.config.engine!r}: choose one of {', '.join(ENGINES)}")
+        if on_request is not None and self.config.engine != "pytriton":
+            raise ServingError("on_request needs engine='pytriton' (the python engine has record_dir)")
+        if self.config.record_dir is not None and self.config.engine != "python":
+            raise ServingError("record_dir needs engine='python' (the pytriton engine has on_request)")
+        self.served = {name: served[id(tail)] for name, tail in tails.items()}
         self.runners = {
-            name: _TailRunner(name, served[id(tail)], self.device, self.config.max_batch_size, on_request)
-            for name, tail in tails.items()
+            name: TailRunner(name, module, self.device, self.config.max_batch_size, on_request)
+            for name, module in self.served.items()
         }
         self._triton: Any = None
+        self._workspace: Path | None = None
+        self._token: str | None = None
 
     @classmethod
     def from_tails(
@@ -224,7 +199,7 @@ class VeilServer:
 
     @property
     def access_token(self) -> str | None:
-        return self._triton.get_access_token() if self._triton is not None else self.config.access_token
+        return self._token if self._triton is not None else self.config.access_token
 
     def start(self) -> VeilServer:
         """Start tritonserver, load both models, return once they are ready."""
@@ -233,62 +208,62 @@ class VeilServer:
         c = self.config
         _check_ports_free(c.host, (c.http_port, c.grpc_port, c.metrics_port))
         ensure_libpython_on_ld_path()
-        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-        from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
-
-        triton_config = TritonConfig(
-            http_address=c.host,
-            grpc_address=c.host,
-            metrics_address=c.host,
-            http_port=c.http_port,
-            grpc_port=c.grpc_port,
-            metrics_port=c.metrics_port,
-            log_verbose=c.log_verbose,
-            log_file=c.log_file,
-            exit_timeout_secs=c.exit_timeout_s,
-            exit_on_error=True,
-        )
-        security = TritonSecurityConfig(
-            access_token=c.access_token, restricted_endpoints=None if c.restrict else []
-        )
-        triton = Triton(config=triton_config, security_config=security)
-        batcher = DynamicBatcher(
-            max_queue_delay_microseconds=c.max_queue_delay_us,
-            preferred_batch_size=sorted({b for b in (c.max_batch_size // 2, c.max_batch_size) if b > 1})
-            or None,
-        )
-        for name, runner in self.runners.items():
-            triton.bind(
-                model_name=name,
-                infer_func=[runner] * max(1, c.instances),
-                inputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=ACTIVATION_DIMS)],
-                outputs=[
-                    Tensor(name=LOC_NAME, dtype=np.float32, shape=LOC_DIMS),
-                    Tensor(name=SCORES_NAME, dtype=np.float32, shape=SCORES_DIMS),
-                ],
-                config=ModelConfig(max_batch_size=c.max_batch_size, batcher=batcher),
-                strict=False,
-            )
-        _install_stub_validation(triton)
-        self._triton = triton
+        if c.engine == "pytriton":
+            self._triton = start_pytriton(self.runners, c)
+            self._token = self._triton.get_access_token()
+            return self
+        self._token = (c.access_token or secrets.token_urlsafe(32)) if c.restrict else None
+        self._workspace = Path(tempfile.mkdtemp(prefix="veil-triton-"))
         try:
-            triton.run()
-        except Exception as exc:
+            self._triton = self._start_python_engine(self._workspace)
+        except BaseException:
             self.stop()
-            raise ServingError(
-                f"Triton failed to start on {c.host} (ports {c.http_port}/{c.grpc_port}/"
-                f"{c.metrics_port} free?): {str(exc).splitlines()[0][:200]}"
-            ) from exc
+            raise
         return self
+
+    def _start_python_engine(self, workspace: Path) -> Any:
+        from veil.serve.python_backend import TritonProcess, write_served_repository
+
+        c = self.config
+        params = {"device": str(self.device), "threads": str(c.threads), "freeze": str(c.freeze).lower()}
+        if c.record_dir is not None:
+            Path(c.record_dir).mkdir(parents=True, exist_ok=True)
+            params["record_dir"] = str(Path(c.record_dir).resolve())
+        repo = workspace / "model_repository"
+        write_served_repository(
+            repo,
+            self.served,
+            gpu=self.device.type == "cuda",
+            max_batch_size=c.max_batch_size,
+            instances=max(1, c.instances),
+            max_queue_delay_us=c.max_queue_delay_us,
+            parameters=params,
+        )
+        process = TritonProcess(
+            repo,
+            workspace,
+            host=c.host,
+            ports=(c.http_port, c.grpc_port, c.metrics_port),
+            url_host=_url_host(c.host),
+            access_token=self._token,
+            log_file=Path(c.log_file) if c.log_file else workspace / "triton.log",
+            log_verbose=c.log_verbose,
+            exit_timeout_s=c.exit_timeout_s,
+        )
+        process.start(list(self.served))
+        return process
 
     def is_alive(self) -> bool:
         return self._triton is not None and bool(self._triton.is_alive())
 
     def stop(self) -> None:
-        """Stop tritonserver and the backends, and delete PyTriton's workspace."""
+        """Stop tritonserver and its backends, and delete the workspace."""
         triton, self._triton = self._triton, None
         if triton is not None:
             triton.stop()
+        workspace, self._workspace = self._workspace, None
+        if workspace is not None:
+            shutil.rmtree(workspace, ignore_errors=True)
 
     def __enter__(self) -> VeilServer:
         return self.start()
@@ -331,26 +306,6 @@ def _check_ports_free(host: str, ports: tuple[int, ...]) -> None:
                 raise ServingError(
                     f"cannot listen on {host}:{port} ({exc.strerror}): choose another port"
                 ) from None
-
-
-def _install_stub_validation(triton: Any) -> None:
-    """Append the per-request NaN/Inf check to the proxy ``model.py`` PyTriton uploads for each model."""
-    manager = getattr(triton, "_model_manager", None)
-    models = list(getattr(manager, "models", []))
-    if not models:
-        raise ServingError("unsupported PyTriton version: cannot reach its bound models (need 0.7.x)")
-    for model in models:
-        original = model.get_proxy_model_files
-
-        def patched(original: Callable[[], dict[str, bytes]] = original) -> dict[str, bytes]:
-            files = dict(original())
-            key = next((k for k in files if k.endswith("/model.py")), None)
-            if key is None:
-                raise ServingError("unsupported PyTriton version: proxy model.py not found (need 0.7.x)")
-            files[key] = files[key] + STUB_VALIDATION_SOURCE.encode()
-            return files
-
-        model.get_proxy_model_files = patched
 
 
 @contextmanager

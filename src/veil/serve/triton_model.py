@@ -1,0 +1,106 @@
+"""The ``model.py`` of a Python-backend tail: Triton's backend stub runs the TorchScript tail itself.
+
+This file is copied verbatim next to ``model.pt`` (``veil export triton --backend python`` and
+``veil serve``). It imports only numpy and torch, so it runs on any Triton whose Python backend can
+import torch. Compared with PyTriton's proxy there is no second process and no extra copy per request:
+the tensors Triton hands the stub go straight into the tail.
+
+Per request, before batching: a float input holding NaN or Inf is answered INVALID_ARG (HTTP 400) on
+its own, so one bad client never fails the good requests batched with it. Triton's frontend has already
+checked the input's name, dtype, shape, byte size and the batch limit against ``config.pbtxt``.
+
+Parameters (``config.pbtxt``): ``device`` (cpu, cuda), ``threads`` (PyTorch CPU threads, 0 = default),
+``freeze`` (``false`` keeps the TorchScript as saved), ``record_dir`` (save every accepted activation
+there as ``.npy``: an audit of what clients send).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import uuid
+from typing import Any
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils  # provided by Triton's backend stub
+
+MODEL_FILE = "model.pt"
+INPUT = "INPUT__0"
+OUTPUTS = ("OUTPUT__0", "OUTPUT__1")
+
+
+def _param(config: dict[str, Any], key: str, default: str) -> str:
+    return str(config.get("parameters", {}).get(key, {}).get("string_value", default))
+
+
+def _invalid(message: str) -> Any:
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    return pb_utils.InferenceResponse(error=error)
+
+
+class TritonPythonModel:
+    """One instance per ``instance_group`` count: load the tail once, run batches on it."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        self.name = config.get("name", "tail")
+        device = _param(config, "device", "cpu")
+        if device.startswith("cuda") and args.get("model_instance_kind") == "GPU":
+            device = f"cuda:{args.get('model_instance_device_id', '0')}"
+        self.device = torch.device(device)
+        threads = int(_param(config, "threads", "0") or 0)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        record = _param(config, "record_dir", "")
+        self.record_dir = record or None
+        path = os.path.join(args["model_repository"], args["model_version"], MODEL_FILE)
+        module = torch.jit.load(path, map_location=self.device).eval()
+        if _param(config, "freeze", "true").lower() != "false":
+            with contextlib.suppress(RuntimeError):  # a frozen tail has nothing left to fold
+                module = torch.jit.freeze(module)  # BatchNorm folded into the convolutions
+        self.tail = module
+
+    def _problem(self, request: Any) -> str | None:
+        for tensor in request.inputs():
+            array = tensor.as_numpy()
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                return f"input {tensor.name()!r} contains NaN or Inf values"
+        return None
+
+    def _record(self, array: np.ndarray) -> None:
+        """Write atomically: a reader of ``record_dir`` never sees half an array."""
+        assert self.record_dir is not None
+        fd, tmp = tempfile.mkstemp(dir=self.record_dir, prefix=".part-", suffix=".npy")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, os.path.join(self.record_dir, f"{self.name}-{uuid.uuid4().hex}.npy"))
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        answers: dict[int, Any] = {}
+        arrays: list[tuple[int, np.ndarray]] = []
+        for i, request in enumerate(requests):
+            problem = self._problem(request)
+            if problem is not None:
+                answers[i] = _invalid(problem)
+                continue
+            array = pb_utils.get_input_tensor_by_name(request, INPUT).as_numpy()
+            if self.record_dir is not None:
+                self._record(array)
+            arrays.append((i, array))
+        if arrays:
+            batch = torch.from_numpy(np.concatenate([a for _, a in arrays]))
+            batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                outputs = [t.float().cpu().numpy() for t in self.tail(batch)]
+            start = 0
+            for i, array in arrays:
+                end = start + array.shape[0]
+                parts = [np.ascontiguousarray(o[start:end]) for o in outputs]
+                tensors = [pb_utils.Tensor(n, o) for n, o in zip(OUTPUTS, parts)]  # noqa: B905 (3.8 stubs)
+                answers[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+                start = end
+        return [answers[i] for i in range(len(requests))]
