@@ -43,3 +43,24 @@ def median_ms(fn: Callable[[], object], runs: int = 20, warmup: int = 3) -> floa
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1000.0
+
+
+def interleaved_median_ms(
+    fns: dict[str, Callable[[], object]], runs: int = 20, warmup: int = 3
+) -> dict[str, float]:
+    """Median wall time of each ``fn``, the calls taken in turn (a, b, c, a, b, c, ...).
+
+    On a shared, noisy machine a slow spell then hits every variant alike, so their ratio holds
+    even when the absolute times drift.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(runs):
+        names = list(fns)
+        for name in names[i % len(names) :] + names[: i % len(names)]:  # rotate who goes first
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) * 1000.0 for name, t in times.items()}

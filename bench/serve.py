@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import WEIGHTS, full_hd_image, median_ms
+from _common import WEIGHTS, full_hd_image, interleaved_median_ms
 from veil.client import VeilClient
 from veil.detect import Detector, build_detector
 from veil.pipeline import load_pipeline
@@ -51,7 +51,7 @@ class GaussianNoise(nn.Module):
 
 
 def start_server(
-    threads: int, instances: int, transform: Path | None, eager: bool = False
+    threads: int, instances: int, transform: Path | None, eager: bool = False, engine: str = "python"
 ) -> tuple[subprocess.Popen[str], int, int]:
     """``veil serve`` in a child process; returns once it prints its endpoints."""
     http_port, grpc_port, metrics_port = free_ports(3)
@@ -74,6 +74,8 @@ def start_server(
         str(metrics_port),
         "--triton-log",
         os.devnull,
+        "--engine",
+        engine,
     ]
     if transform is not None:
         cmd += ["--transform", str(transform)]
@@ -155,7 +157,8 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=1, help="Model instances per tail in the server.")
     ap.add_argument("--sigma", type=float, default=1.0)
     ap.add_argument("--transform", type=Path, default=None, help="Serve and send through this transform.")
-    ap.add_argument("--eager", action="store_true", help="The server runs eager tails (not TorchScript).")
+    ap.add_argument("--eager", action="store_true", help="The server's TorchScript tails are not frozen.")
+    ap.add_argument("--engine", choices=["python", "pytriton"], default="python", help="veil serve --engine.")
     ap.add_argument("--protocol", choices=["http", "grpc"], default="grpc", help="For throughput and soak.")
     ap.add_argument("--soak", action="store_true", help="Only the soak run: 8 clients for --soak-seconds.")
     ap.add_argument("--soak-seconds", type=float, default=60.0)
@@ -176,7 +179,7 @@ def main() -> None:
     with torch.inference_mode():
         act = noisy.release(noisy.preprocess([img])).contiguous()
     proc, http_port, grpc_port = start_server(
-        args.server_threads or args.threads, args.instances, args.transform, args.eager
+        args.server_threads or args.threads, args.instances, args.transform, args.eager, args.engine
     )
     urls = {"http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
     report: dict[str, Any] = {
@@ -186,7 +189,8 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "protocol": args.protocol,
         "transform": str(args.transform) if args.transform else None,
-        "server_tails": "eager" if args.eager else "torchscript (frozen)",
+        "server_tails": "torchscript" if args.eager else "torchscript (frozen)",
+        "engine": args.engine,
     }
     try:
         if args.soak:
@@ -215,13 +219,20 @@ def main() -> None:
                 f"{soak['rss_end_mb']:.0f} MB at end; every 5 s: {' '.join(f'{m:.0f}' for m in samples)}"
             )
         else:
-            ms = {
-                "local_clean": median_ms(lambda: clean.detect([img]), args.runs),
-                "local_noisy": median_ms(lambda: noisy.detect([img]), args.runs),
+            clients = {
+                protocol: VeilClient(url, protocol, noise=noise, head=noisy.head, timeout=60)
+                for protocol, url in urls.items()
             }
-            for protocol, url in urls.items():
-                with VeilClient(url, protocol, noise=noise, head=noisy.head, timeout=60) as c:
-                    ms[f"server_{protocol}"] = median_ms(partial(c.detect, [img]), args.runs)
+            ms = interleaved_median_ms(
+                {
+                    "local_clean": lambda: clean.detect([img]),
+                    "local_noisy": lambda: noisy.detect([img]),
+                    **{f"server_{p}": partial(c.detect, [img]) for p, c in clients.items()},
+                },
+                args.runs,
+            )
+            for c in clients.values():
+                c.close()
             report["latency_ms"] = ms
             runs = [load(urls[args.protocol], args.protocol, act, n, args.seconds) for n in (1, 4, 8)]
             report["throughput"] = runs
@@ -229,9 +240,10 @@ def main() -> None:
                 f"veil serve benchmark: 1920x1080 photo -> 1024x1024, batch 1, {args.threads} threads, "
                 f"{os.cpu_count()} CPUs, loopback; "
                 + (f"transform {args.transform}" if args.transform else "RDCL split, Gaussian noise")
+                + f"; engine {args.engine}"
             )
             for k, v in ms.items():
-                print(f"  {k:<14}{v:>9.1f} ms (median of {args.runs})")
+                print(f"  {k:<14}{v:>9.1f} ms (median of {args.runs}, variants interleaved)")
             for r in runs:
                 print(
                     f"  {r['clients']} {args.protocol} client(s): {r['images_per_s']:7.1f} images/s, "

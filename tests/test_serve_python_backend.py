@@ -35,6 +35,15 @@ class TinyTail(nn.Module):
         return y[..., :4], y[..., 4:]
 
 
+def _process(repo: Path, tmp_path: Path, ports: list[int]) -> TritonProcess:
+    """Triton on ``repo`` on loopback, no access token, its log in ``tmp_path``."""
+    loop = "127.0.0.1"
+    return TritonProcess(
+        repo, tmp_path / "ws", http=(loop, ports[0]), grpc=(loop, ports[1]), metrics=(loop, ports[2]),
+        access_token=None, log_file=tmp_path / "triton.log",
+    )  # fmt: skip
+
+
 def _infer(url: str, model: str, x: np.ndarray) -> tuple[int, dict]:
     """A JSON-encoded KServe v2 request (what any HTTP client can send): (status, reply)."""
     body = {
@@ -63,15 +72,13 @@ def test_exported_python_repository_runs_on_triton(tmp_path: Path) -> None:
         assert result.max_abs_diff[name] < 1e-4
     assert json.loads((out / ex.MANIFEST).read_text())["backend"] == "python"
 
-    ports = tuple(free_ports(3))
-    proc = TritonProcess(
-        out, tmp_path / "ws", host="127.0.0.1", ports=ports, url_host="127.0.0.1",  # type: ignore[arg-type]
-        access_token=None, log_file=tmp_path / "triton.log",
-    )  # fmt: skip
+    ports = free_ports(3)
+    proc = _process(out, tmp_path, ports)
     proc.start([BASE_MODEL, NOISY_MODEL])
     try:
         url = f"127.0.0.1:{ports[0]}"
-        x = np.random.default_rng(0).standard_normal((2, *ACTIVATION_DIMS)).astype(np.float32) * 0.1
+        # batch 1: bare Triton 2.51 crashes on JSON parts over ~4 MB (veil serve's guard refuses them)
+        x = np.random.default_rng(0).standard_normal((1, *ACTIVATION_DIMS)).astype(np.float32) * 0.1
         for name, tail in ((BASE_MODEL, base), (NOISY_MODEL, noisy)):
             status, reply = _infer(url, name, x)
             assert status == 200, reply
@@ -80,11 +87,11 @@ def test_exported_python_repository_runs_on_triton(tmp_path: Path) -> None:
                 loc, conf = tail(torch.from_numpy(x))
             assert np.abs(got["OUTPUT__0"] - loc.numpy()).max() < 1e-4
             assert np.abs(got["OUTPUT__1"] - torch.softmax(conf, -1).numpy()).max() < 1e-4
-        bad = x[:1].copy()
+        bad = x.copy()
         bad[0, 5, 3, 2] = np.inf
         status, reply = _infer(url, NOISY_MODEL, bad)
         assert status == 400 and "NaN or Inf" in reply["error"]
-        assert _infer(url, NOISY_MODEL, x[:1])[0] == 200  # and it keeps serving
+        assert _infer(url, NOISY_MODEL, x)[0] == 200  # and it keeps serving
     finally:
         proc.stop()
     assert not proc.is_alive()
@@ -106,11 +113,8 @@ def test_a_broken_model_fails_the_start_with_triton_s_reason(tmp_path: Path) -> 
     out = tmp_path / "model_repository"
     ex.export_triton_repository(out, TinyTail(0.0), backend="python")
     (out / NOISY_MODEL / "1" / "model.pt").write_bytes(b"not torchscript")
-    ports = tuple(free_ports(3))
-    proc = TritonProcess(
-        out, tmp_path / "ws", host="127.0.0.1", ports=ports, url_host="127.0.0.1",  # type: ignore[arg-type]
-        access_token=None, log_file=tmp_path / "triton.log",
-    )  # fmt: skip
-    with pytest.raises(ServingError, match=r"Triton exited while starting.*model\.pt|not ready"):
+    ports = free_ports(3)
+    proc = _process(out, tmp_path, ports)
+    with pytest.raises(ServingError, match=r"Triton exited while starting.*(zip archive|model)"):
         proc.start([BASE_MODEL, NOISY_MODEL], timeout_s=120)
     proc.stop()

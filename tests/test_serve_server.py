@@ -320,14 +320,77 @@ def test_fuzz_http_malformed_requests_get_4xx(server: Any, parts: dict[str, Any]
         assert_same_outputs(client(server, "http", noise=parts["noise"]).infer(x), parts["noisy_tail"](x))
 
 
-def test_unparsable_json_does_not_hurt_the_server(server: Any) -> None:
-    """Triton 2.51's HTTP frontend answers a broken JSON header with 500 + message; it keeps serving."""
+def test_unparsable_json_gets_400(server: Any) -> None:
+    """The guard parses the JSON part itself (Triton 2.51 would answer 500)."""
     conn = Http(server.endpoints.http)
     for body in (b"", b"{", b"\xff" * 64, b'{"inputs": 5}', b"[]"):
         status, reply = conn.post(f"/v2/models/{NOISY_MODEL}/infer", body, None)
-        assert 400 <= status < 600 and b"error" in reply
+        assert status == 400 and b"error" in reply, (body, status, reply)
     good, hl = _request([1, *ACTIVATION_DIMS])
     assert conn.post(f"/v2/models/{NOISY_MODEL}/infer", good, str(hl))[0] == 200
+
+
+def _json_request(x: np.ndarray) -> bytes:
+    """A KServe v2 request with the tensor written out as JSON numbers (no binary part)."""
+    one = {"name": INPUT_NAME, "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}
+    return json.dumps({"inputs": [one]}).encode()
+
+
+def test_json_that_would_crash_triton_is_refused(server: Any, parts: dict[str, Any]) -> None:
+    """Triton 2.51 segfaults on a JSON part over ~4 MB (a JSON batch of 2 is 5.3 MB); the guard says 413."""
+    conn = Http(server.endpoints.http)
+    x = np.random.default_rng(5).standard_normal((2, *ACTIVATION_DIMS)).astype(np.float32)
+    status, reply = conn.post(f"/v2/models/{NOISY_MODEL}/infer", _json_request(x), None)
+    assert status == 413 and b"binary" in reply, reply[:200]
+    padded, hl = _request([1, *ACTIVATION_DIMS])  # a binary request whose JSON header is padded to 4.5 MB
+    padded = padded[: hl - 1] + b" " * (4_500_000) + padded[hl - 1 :]
+    status, reply = conn.post(f"/v2/models/{NOISY_MODEL}/infer", padded, str(hl + 4_500_000))
+    assert status == 413, reply[:200]
+    assert server.is_alive()
+    # a JSON batch of one is fine, and it is still the tail's answer
+    status, reply = conn.post(f"/v2/models/{NOISY_MODEL}/infer", _json_request(x[:1]), None)
+    assert status == 200, reply[:200]
+    out = {
+        o["name"]: np.array(o["data"], np.float32).reshape(o["shape"]) for o in json.loads(reply)["outputs"]
+    }
+    with torch.inference_mode():
+        loc, conf = parts["noisy_tail"](torch.from_numpy(x[:1]))
+    assert np.abs(out["OUTPUT__0"] - loc.numpy()).max() < 1e-4
+    assert np.abs(out["OUTPUT__1"] - torch.softmax(conf, -1).numpy()).max() < 1e-4
+
+
+def _raw_exchange(hostport: str, data: bytes, then: bytes = b"") -> list[bytes]:
+    """Send ``data`` on a fresh socket, read one reply, optionally send ``then`` and read again."""
+    import socket
+
+    host, port = hostport.rsplit(":", 1)
+    replies = []
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        for chunk in (data, then) if then else (data,):
+            s.sendall(chunk)
+            replies.append(s.recv(1 << 20))
+    return replies
+
+
+def test_http_framing_the_guard_answers(server: Any) -> None:
+    body, hl = _request([1, *ACTIVATION_DIMS])
+    path = f"/v2/models/{NOISY_MODEL}/infer"
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nInference-Header-Content-Length: {hl}\r\n"
+    # curl's Expect: 100-continue for large bodies: answered by the guard, then the body goes through
+    first, second = _raw_exchange(
+        server.endpoints.http,
+        (head + f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n").encode(),
+        body,
+    )
+    assert first.startswith(b"HTTP/1.1 100") and second.startswith(b"HTTP/1.1 200")
+    chunked = (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + b"0\r\n\r\n"
+    assert _raw_exchange(server.endpoints.http, chunked)[0].startswith(b"HTTP/1.1 411")
+    gz = (head + f"Content-Encoding: gzip\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    assert _raw_exchange(server.endpoints.http, gz)[0].startswith(b"HTTP/1.1 415")
+    huge = (head + "Content-Length: 999999999\r\n\r\n").encode()
+    assert _raw_exchange(server.endpoints.http, huge)[0].startswith(b"HTTP/1.1 413")
+    assert _raw_exchange(server.endpoints.http, b"GARBAGE\r\n\r\n")[0].startswith(b"HTTP/1.1 400")
+    assert server.is_alive()
 
 
 def test_grpc_malformed_requests_get_invalid_argument(server: Any) -> None:

@@ -130,6 +130,15 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _connectable(host: str) -> str:
+    """A host to connect to for a bind address (the wildcard addresses are reached via loopback)."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
 class TritonProcess:
     """One ``tritonserver`` child process: start it, wait until every model is ready, stop it."""
 
@@ -138,28 +147,28 @@ class TritonProcess:
         repository: Path,
         workspace: Path,
         *,
-        host: str,
-        ports: tuple[int, int, int],
-        url_host: str,
+        http: tuple[str, int],
+        grpc: tuple[str, int],
+        metrics: tuple[str, int],
         access_token: str | None,
         log_file: Path,
         log_verbose: int = 0,
         exit_timeout_s: int = 5,
     ) -> None:
         self.repository, self.workspace, self.log_file = repository, workspace, log_file
-        self.url_host, self.ports, self.exit_timeout_s = url_host, ports, exit_timeout_s
-        http, grpc, metrics = ports
+        self.exit_timeout_s = exit_timeout_s
+        self.ready_base = f"http://{_connectable(http[0])}:{http[1]}"
         dist, _ = _wheel_dirs()
         self.cmd = [
             str(dist / "bin" / "tritonserver"),
             f"--model-repository={repository}",
             f"--backend-directory={prepare_backends(workspace)}",
-            f"--http-address={host}",
-            f"--http-port={http}",
-            f"--grpc-address={host}",
-            f"--grpc-port={grpc}",
-            f"--metrics-address={host}",
-            f"--metrics-port={metrics}",
+            f"--http-address={http[0]}",
+            f"--http-port={http[1]}",
+            f"--grpc-address={grpc[0]}",
+            f"--grpc-port={grpc[1]}",
+            f"--metrics-address={metrics[0]}",
+            f"--metrics-port={metrics[1]}",
             f"--log-verbose={log_verbose}",
             f"--exit-timeout-secs={exit_timeout_s}",
             "--exit-on-error=true",
@@ -196,20 +205,22 @@ class TritonProcess:
 
     def _ready(self, path: str) -> bool:
         try:
-            url = f"http://{self.url_host}:{self.ports[0]}{path}"
-            with urllib.request.urlopen(url, timeout=2) as r:
+            with urllib.request.urlopen(self.ready_base + path, timeout=2) as r:
                 return bool(r.status == 200)
         except (urllib.error.URLError, OSError):
             return False
 
     def _why(self) -> str:
-        """The first error lines of Triton's log (what a user needs to fix a failed start)."""
+        """The first real error lines of Triton's log (what a user needs to fix a failed start)."""
         try:
             lines = self.log_file.read_text(errors="replace").splitlines()
         except OSError:
             return "no log"
-        bad = [ln for ln in lines if ln.startswith("E") or "rror" in ln] or lines[-3:]
-        return " | ".join(ln.strip()[:300] for ln in bad[:3]) + f" (log: {self.log_file})"
+        noise = ("CudaDriverHelper", "pinned memory", "NVML", "DCGM", "CUDA")
+        errors = [
+            ln for ln in lines if (ln.startswith("E") or "Failed" in ln) and not any(n in ln for n in noise)
+        ]
+        return " | ".join(ln.strip()[:240] for ln in (errors or lines[-2:])[:2]) + f" (log: {self.log_file})"
 
     def is_alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

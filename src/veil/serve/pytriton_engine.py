@@ -89,16 +89,16 @@ def install_stub_validation(triton: Any) -> None:
         model.get_proxy_model_files = patched
 
 
-def start_pytriton(runners: Mapping[str, TailRunner], c: ServerConfig) -> Any:
-    """Bind every runner to a PyTriton ``Triton`` and run it; returns the running ``Triton``."""
+def start_pytriton(runners: Mapping[str, TailRunner], c: ServerConfig, http: tuple[str, int]) -> Any:
+    """Bind every runner to a PyTriton ``Triton`` (its HTTP on ``http``) and run it; returns it."""
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
     triton_config = TritonConfig(
-        http_address=c.host,
+        http_address=http[0],
         grpc_address=c.host,
         metrics_address=c.host,
-        http_port=c.http_port,
+        http_port=http[1],
         grpc_port=c.grpc_port,
         metrics_port=c.metrics_port,
         log_verbose=c.log_verbose,

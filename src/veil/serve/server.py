@@ -85,6 +85,8 @@ class ServerConfig:
     threads: int = 0
     #: ``python`` engine: save every accepted activation here as ``.npy`` (audit what clients send).
     record_dir: Path | None = None
+    #: Put :class:`veil.serve.guard.HttpGuard` on the HTTP port (Triton itself on a private one).
+    http_guard: bool = True
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,7 @@ class VeilServer:
             for name, module in self.served.items()
         }
         self._triton: Any = None
+        self._guard: Any = None
         self._workspace: Path | None = None
         self._token: str | None = None
 
@@ -208,20 +211,26 @@ class VeilServer:
         c = self.config
         _check_ports_free(c.host, (c.http_port, c.grpc_port, c.metrics_port))
         ensure_libpython_on_ld_path()
-        if c.engine == "pytriton":
-            self._triton = start_pytriton(self.runners, c)
-            self._token = self._triton.get_access_token()
-            return self
-        self._token = (c.access_token or secrets.token_urlsafe(32)) if c.restrict else None
-        self._workspace = Path(tempfile.mkdtemp(prefix="veil-triton-"))
+        # Triton's own HTTP: the public port, or a private loopback one behind the guard
+        triton_http = ("127.0.0.1", free_ports(1)[0]) if c.http_guard else (c.host, c.http_port)
         try:
-            self._triton = self._start_python_engine(self._workspace)
+            if c.engine == "pytriton":
+                self._triton = start_pytriton(self.runners, c, http=triton_http)
+                self._token = self._triton.get_access_token()
+            else:
+                self._token = (c.access_token or secrets.token_urlsafe(32)) if c.restrict else None
+                self._workspace = Path(tempfile.mkdtemp(prefix="veil-triton-"))
+                self._triton = self._start_python_engine(self._workspace, triton_http)
+            if c.http_guard:
+                from veil.serve.guard import HttpGuard
+
+                self._guard = HttpGuard(c.host, c.http_port, triton_http[1]).start()
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _start_python_engine(self, workspace: Path) -> Any:
+    def _start_python_engine(self, workspace: Path, http: tuple[str, int]) -> Any:
         from veil.serve.python_backend import TritonProcess, write_served_repository
 
         c = self.config
@@ -242,9 +251,9 @@ class VeilServer:
         process = TritonProcess(
             repo,
             workspace,
-            host=c.host,
-            ports=(c.http_port, c.grpc_port, c.metrics_port),
-            url_host=_url_host(c.host),
+            http=http,
+            grpc=(c.host, c.grpc_port),
+            metrics=(c.host, c.metrics_port),
             access_token=self._token,
             log_file=Path(c.log_file) if c.log_file else workspace / "triton.log",
             log_verbose=c.log_verbose,
@@ -257,7 +266,10 @@ class VeilServer:
         return self._triton is not None and bool(self._triton.is_alive())
 
     def stop(self) -> None:
-        """Stop tritonserver and its backends, and delete the workspace."""
+        """Stop the guard, tritonserver and its backends, and delete the workspace."""
+        guard, self._guard = self._guard, None
+        if guard is not None:
+            guard.stop()
         triton, self._triton = self._triton, None
         if triton is not None:
             triton.stop()
