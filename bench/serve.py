@@ -51,7 +51,11 @@ class GaussianNoise(nn.Module):
 
 
 def start_server(
-    threads: int, instances: int, transform: Path | None, eager: bool = False, engine: str = "python"
+    threads: int | None,
+    instances: int | None,
+    transform: Path | None,
+    eager: bool = False,
+    engine: str = "python",
 ) -> tuple[subprocess.Popen[str], int, int]:
     """``veil serve`` in a child process; returns once it prints its endpoints."""
     http_port, grpc_port, metrics_port = free_ports(3)
@@ -62,10 +66,6 @@ def start_server(
         "serve",
         "--weights",
         str(WEIGHTS),
-        "--threads",
-        str(threads),
-        "--instances",
-        str(instances),
         "--http-port",
         str(http_port),
         "--grpc-port",
@@ -77,6 +77,10 @@ def start_server(
         "--engine",
         engine,
     ]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
+    if instances is not None:
+        cmd += ["--instances", str(instances)]
     if transform is not None:
         cmd += ["--transform", str(transform)]
     if eager:
@@ -152,9 +156,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=10.0, help="Duration of each throughput run.")
-    ap.add_argument("--threads", type=int, default=2, help="PyTorch threads, client and server alike.")
-    ap.add_argument("--server-threads", type=int, default=None, help="PyTorch threads in the server.")
-    ap.add_argument("--instances", type=int, default=1, help="Model instances per tail in the server.")
+    ap.add_argument("--threads", type=int, default=2, help="PyTorch threads of the local (client) side.")
+    ap.add_argument(
+        "--server-threads", type=int, default=None, help="veil serve --threads (default: its own)."
+    )
+    ap.add_argument("--instances", type=int, default=None, help="veil serve --instances (default: auto).")
     ap.add_argument("--sigma", type=float, default=1.0)
     ap.add_argument("--transform", type=Path, default=None, help="Serve and send through this transform.")
     ap.add_argument("--eager", action="store_true", help="The server's TorchScript tails are not frozen.")
@@ -179,13 +185,13 @@ def main() -> None:
     with torch.inference_mode():
         act = noisy.release(noisy.preprocess([img])).contiguous()
     proc, http_port, grpc_port = start_server(
-        args.server_threads or args.threads, args.instances, args.transform, args.eager, args.engine
+        args.server_threads, args.instances, args.transform, args.eager, args.engine
     )
     urls = {"http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
     report: dict[str, Any] = {
         "threads": args.threads,
-        "server_threads": args.server_threads or args.threads,
-        "instances": args.instances,
+        "server_threads": args.server_threads or "auto",
+        "instances": args.instances or "auto",
         "cpus": os.cpu_count(),
         "protocol": args.protocol,
         "transform": str(args.transform) if args.transform else None,

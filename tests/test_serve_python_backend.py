@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -105,6 +106,11 @@ def test_engine_options_are_checked() -> None:
         VeilServer(tails, ServerConfig(), on_request=lambda name, x: None)
     with pytest.raises(ServingError, match="record_dir needs engine='python'"):
         VeilServer(tails, ServerConfig(engine="pytriton", record_dir=Path("r")))
+    cores = len(os.sched_getaffinity(0))
+    auto = VeilServer(tails, ServerConfig()).instances_and_threads()
+    assert auto == ((2, max(1, cores // 2)) if cores >= 2 else (1, 1))
+    assert VeilServer(tails, ServerConfig(instances=3, threads=5)).instances_and_threads() == (3, 5)
+    assert VeilServer(tails, ServerConfig(engine="pytriton")).instances_and_threads() == (1, 0)
     with pytest.raises(ServingError, match="unknown backend"):
         ex.export_triton_repository(Path("unused"), TinyTail(0.0), backend="tensorflow")
 

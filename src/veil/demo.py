@@ -1,9 +1,9 @@
 """The main job: a real Triton server, the FDDB sample sent clean and through each shipped transform.
 
-It mirrors the reference design end to end on one machine: the tail runs in Triton (embedded with
-PyTriton on 127.0.0.1), the client runs preprocessing, the head and the noise, and only the released
-tensor crosses. It prints the reference design's accuracy table and writes, per image, a picture with
-the clean boxes, the obfuscated boxes and what left the machine.
+It mirrors the reference design end to end on one machine: the tail runs in Triton (the server in
+the nvidia-pytriton wheel, on 127.0.0.1), the client runs preprocessing, the head and the noise, and
+only the released tensor crosses. It prints the reference design's accuracy table and writes, per
+image, a picture with the clean boxes, the obfuscated boxes and what left the machine.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``veil serve``: a real Triton server (embedded via PyTriton) running the tail on this machine."""
+"""``veil serve``: a real Triton server (the one in the nvidia-pytriton wheel) running the tail here."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def run_server(
     grpc_port: int = 8001,
     metrics_port: int = 8002,
     max_batch_size: int = 8,
-    instances: int = 1,
+    instances: int = 0,
     access_token: str | None = None,
     no_auth: bool = False,
     triton_log: Path | None = None,
@@ -110,14 +110,18 @@ def serve(
     metrics_port: int = typer.Option(8002, help="Prometheus metrics port."),
     max_batch_size: int = typer.Option(8, help="Largest batch the dynamic batcher forms."),
     instances: int = typer.Option(
-        1, help="Model instances per tail (python engine: a process each; pytriton: a thread each)."
+        0,
+        help="Model instances per tail (python engine: a process each; pytriton: a thread each); "
+        "0 = auto (2 on a CPU with 2+ cores, else 1).",
     ),
     access_token: str | None = typer.Option(
         None, envvar="VEIL_ACCESS_TOKEN", help="Token for restricted endpoints (default: generated)."
     ),
     no_auth: bool = typer.Option(False, "--no-auth", help="Leave restricted endpoints open."),
     triton_log: Path | None = typer.Option(None, help="Write Triton's own log to this file."),
-    threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
+    threads: int | None = typer.Option(
+        None, help="PyTorch CPU threads (python engine: per model instance; default: cores / instances)."
+    ),
     device: str = typer.Option("cpu", help="Device for the tails (cpu, cuda)."),
     eager: bool = typer.Option(
         False, "--eager", help="Do not freeze the TorchScript tails (pytriton engine: run them eagerly)."

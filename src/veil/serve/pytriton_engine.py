@@ -116,7 +116,7 @@ def start_pytriton(runners: Mapping[str, TailRunner], c: ServerConfig, http: tup
     for name, runner in runners.items():
         triton.bind(
             model_name=name,
-            infer_func=[runner] * max(1, c.instances),
+            infer_func=[runner] * max(1, c.instances),  # threads of this process
             inputs=[Tensor(name=INPUT_NAME, dtype=np.float32, shape=ACTIVATION_DIMS)],
             outputs=[
                 Tensor(name=LOC_NAME, dtype=np.float32, shape=LOC_DIMS),

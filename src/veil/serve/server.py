@@ -68,8 +68,9 @@ class ServerConfig:
     metrics_port: int = 8002
     max_batch_size: int = MAX_BATCH_SIZE
     max_queue_delay_us: int = 500
-    #: Model instances per tail (PyTriton runs each in its own thread; useful with 1 torch thread each).
-    instances: int = 1
+    #: Model instances per tail; 0 = auto (python engine on CPU: 2, each with half the cores'
+    #: threads — on 2 cores that served 8 clients 2.2x faster than one client; otherwise 1).
+    instances: int = 0
     #: Serve TorchScript (traced, frozen) tails instead of eager PyTorch: see ``frozen_for_serving``.
     freeze: bool = True
     access_token: str | None = None
@@ -81,7 +82,7 @@ class ServerConfig:
     exit_timeout_s: int = 5
     #: ``python``: Triton's backend stub runs the TorchScript tails; ``pytriton``: this process does.
     engine: str = "python"
-    #: PyTorch CPU threads per model instance in the ``python`` engine (0: PyTorch's default).
+    #: PyTorch CPU threads per model instance in the ``python`` engine (0: auto, cores / instances).
     threads: int = 0
     #: ``python`` engine: save every accepted activation here as ``.npy`` (audit what clients send).
     record_dir: Path | None = None
@@ -230,11 +231,21 @@ class VeilServer:
             raise
         return self
 
+    def instances_and_threads(self) -> tuple[int, int]:
+        """(model instances per tail, PyTorch threads per instance; 0 = PyTorch's default)."""
+        c = self.config
+        if c.engine != "python" or self.device.type != "cpu":
+            return max(1, c.instances), c.threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        instances = c.instances or (2 if cores >= 2 else 1)
+        return instances, c.threads or max(1, cores // instances)
+
     def _start_python_engine(self, workspace: Path, http: tuple[str, int]) -> Any:
         from veil.serve.python_backend import TritonProcess, write_served_repository
 
         c = self.config
-        params = {"device": str(self.device), "threads": str(c.threads), "freeze": str(c.freeze).lower()}
+        instances, threads = self.instances_and_threads()
+        params = {"device": str(self.device), "threads": str(threads), "freeze": str(c.freeze).lower()}
         if c.record_dir is not None:
             Path(c.record_dir).mkdir(parents=True, exist_ok=True)
             params["record_dir"] = str(Path(c.record_dir).resolve())
@@ -244,7 +255,7 @@ class VeilServer:
             self.served,
             gpu=self.device.type == "cuda",
             max_batch_size=c.max_batch_size,
-            instances=max(1, c.instances),
+            instances=instances,
             max_queue_delay_us=c.max_queue_delay_us,
             parameters=params,
         )
