@@ -32,6 +32,7 @@ def run_server(
     engine: str = "python",
     threads: int | None = None,
     record: Path | None = None,
+    http_guard: bool = True,
 ) -> None:
     """The command's body: serve until SIGINT/SIGTERM. ``tail_state_dict`` = the noise-trained tail."""
     from veil.serve.server import ServerConfig, VeilServer
@@ -52,6 +53,7 @@ def run_server(
         engine=engine,
         threads=threads or 0,
         record_dir=record,
+        http_guard=http_guard,
     )
     if model_repository is not None:
         server = VeilServer.from_repository(model_repository, config, device=device)
@@ -86,6 +88,8 @@ def run_server(
             typer.echo("access token: as given (header triton-access-token)")
         else:
             typer.echo(f"access token (header triton-access-token, for statistics etc.): {ep.access_token}")
+        if not http_guard:
+            typer.echo("warning: --no-http-guard: a JSON part over ~4 MB crashes Triton 2.51", err=True)
         if host not in ("127.0.0.1", "localhost", "::1"):
             typer.echo(f"warning: listening on {host}: reachable from other machines", err=True)
         typer.echo("serving; Ctrl+C or SIGTERM stops", err=True)
@@ -134,6 +138,11 @@ def serve(
     record: Path | None = typer.Option(
         None, help="python engine: save every accepted activation here as .npy (audit what arrives)."
     ),
+    http_guard: bool = typer.Option(
+        True,
+        "--http-guard/--no-http-guard",
+        help="Refuse HTTP requests that crash Triton 2.51 (JSON parts over ~4 MB) in front of it (~2-4 ms).",
+    ),
 ) -> None:
     """Start Triton serving face_detection_base and face_detection_noisy until Ctrl+C."""
     set_threads(threads)
@@ -155,4 +164,5 @@ def serve(
         engine=engine,
         threads=threads,
         record=record,
+        http_guard=http_guard,
     )

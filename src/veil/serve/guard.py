@@ -177,6 +177,8 @@ class HttpGuard:
                     break
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass  # a client or Triton hung up mid-message: nothing more to relay
+        except asyncio.CancelledError:
+            pass  # the guard is stopping: close this connection quietly
         finally:
             for w in (writer, up_writer):
                 if w is not None:
