@@ -116,6 +116,24 @@ def test_server_serves_the_exported_torchscript(repo: dict[str, Any]) -> None:
         server.runners[NOISY_MODEL]([{"INPUT__0": bad}])
 
 
+@pytest.mark.slow
+def test_python_engine_serves_the_exported_repository(repo: dict[str, Any], tmp_path: Path) -> None:
+    """``veil serve --model-repository`` for real: Triton's backend stub runs the exported TorchScript."""
+    from veil.client import VeilClient
+    from veil.serve.server import ServerConfig, VeilServer, free_ports
+
+    http, grpc, metrics = free_ports(3)
+    config = ServerConfig(http_port=http, grpc_port=grpc, metrics_port=metrics, log_file=tmp_path / "t.log")
+    x = torch.randn(2, *ACTIVATION_DIMS, generator=torch.Generator().manual_seed(4))
+    with VeilServer.from_repository(repo["path"], config) as server:
+        client = VeilClient(server.endpoints.grpc, "grpc", allow_clean=True, model=NOISY_MODEL, timeout=30)
+        loc, logits = client.infer(x)
+    with torch.inference_mode():
+        want_loc, want_conf = repo["noisy"](x)
+    assert (loc - want_loc).abs().max().item() < 1e-4
+    assert (logits - torch.log_softmax(want_conf, -1)).abs().max().item() < 1e-4
+
+
 def test_wrong_contract_is_refused(repo: dict[str, Any], tmp_path: Path) -> None:
     import shutil
 
