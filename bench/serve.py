@@ -1,6 +1,6 @@
 """Benchmark remote inference through a real Triton server (``veil serve``) on loopback.
 
-    python bench/serve.py [--transform DIR] [--runs 20] [--seconds 10] [--json out.json]
+    python bench/serve.py [--transform DIR | --stand-in] [--runs 20] [--seconds 10] [--json out.json]
     python bench/serve.py --soak [--soak-seconds 60]
 
 Batch 1, a real 1920x1080 photo at 1024x1024. Median latency of (a) local clean inference, (b) local
@@ -9,10 +9,10 @@ there); then throughput with 1, 4 and 8 concurrent clients sending precomputed n
 server is what is measured) with dynamic batching on. The server runs in its own process, as a user
 would run it. ``--soak``: 8 clients for 60 s, requests served, p50/p99 latency, failures, server memory.
 
-Without ``--transform``: the reference design's interface (split after RDCL, base weights, a fresh
-Gaussian sample per call of scale ``--sigma`` standing in for a transform). With ``--transform DIR``:
-veil's deployment of that transform (its split, its head and noise here, ``veil serve --transform``
-there), e.g. a shipped one under ``src/veil/transforms``.
+By default: veil's default deployment, the shipped α=0.1 transform (its split, its head and noise
+here, ``veil serve --transform`` there); ``--transform DIR`` measures another. ``--stand-in``: the
+reference design's interface instead (split after RDCL, base weights, a fresh Gaussian sample per call
+of scale ``--sigma`` standing in for a trained transform).
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from veil.client import VeilClient
 from veil.detect import Detector, build_detector
 from veil.pipeline import load_pipeline
 from veil.serve.server import free_ports
+
+DEFAULT_TRANSFORM = Path(__file__).resolve().parents[1] / "src/veil/transforms/faceboxes-inception3-alpha0.1"
 
 
 class GaussianNoise(nn.Module):
@@ -162,7 +164,8 @@ def main() -> None:
     )
     ap.add_argument("--instances", type=int, default=None, help="veil serve --instances (default: auto).")
     ap.add_argument("--sigma", type=float, default=1.0)
-    ap.add_argument("--transform", type=Path, default=None, help="Serve and send through this transform.")
+    ap.add_argument("--transform", type=Path, default=DEFAULT_TRANSFORM, help="Serve and send through it.")
+    ap.add_argument("--stand-in", action="store_true", help="RDCL split + Gaussian noise, no transform.")
     ap.add_argument("--eager", action="store_true", help="The server's TorchScript tails are not frozen.")
     ap.add_argument("--engine", choices=["python", "pytriton"], default="python", help="veil serve --engine.")
     ap.add_argument("--protocol", choices=["http", "grpc"], default="grpc", help="For throughput and soak.")
@@ -170,6 +173,8 @@ def main() -> None:
     ap.add_argument("--soak-seconds", type=float, default=60.0)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    if args.stand_in:
+        args.transform = None
     torch.set_num_threads(args.threads)
     if not WEIGHTS.is_file():
         raise SystemExit(f"weights not found: {WEIGHTS} (set VEIL_SHARED)")
