@@ -130,7 +130,7 @@ def _die_with_parent() -> None:
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _connectable(host: str) -> str:
+def connectable_host(host: str) -> str:
     """A host to connect to for a bind address (the wildcard addresses are reached via loopback)."""
     if host in ("0.0.0.0", ""):
         return "127.0.0.1"
@@ -157,7 +157,7 @@ class TritonProcess:
     ) -> None:
         self.repository, self.workspace, self.log_file = repository, workspace, log_file
         self.exit_timeout_s = exit_timeout_s
-        self.ready_base = f"http://{_connectable(http[0])}:{http[1]}"
+        self.ready_base = f"http://{connectable_host(http[0])}:{http[1]}"
         dist, _ = _wheel_dirs()
         self.cmd = [
             str(dist / "bin" / "tritonserver"),

@@ -43,6 +43,7 @@ from torch import nn
 
 from veil.errors import ServingError
 from veil.serve.export import ScoresTail, build_tails, frozen_for_serving, load_repository
+from veil.serve.python_backend import connectable_host
 from veil.serve.pytriton_engine import RequestHook, TailRunner, start_pytriton
 from veil.serve.validate import BASE_MODEL, MAX_BATCH_SIZE, NOISY_MODEL
 
@@ -102,15 +103,6 @@ class Endpoints:
     def lines(self) -> list[str]:
         """The reference design's endpoint listing."""
         return [f"http: {self.http}", f"grpc: {self.grpc}", f"metrics: {self.metrics}/metrics"]
-
-
-def _url_host(host: str) -> str:
-    """A connectable host for a bind address (0.0.0.0 / :: mean 'all', reached via loopback)."""
-    if host in ("0.0.0.0", ""):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host else host
 
 
 def _channels_last(tail: nn.Module) -> nn.Module:
@@ -192,7 +184,7 @@ class VeilServer:
 
     @property
     def endpoints(self) -> Endpoints:
-        host = _url_host(self.config.host)
+        host = connectable_host(self.config.host)
         c = self.config
         return Endpoints(
             http=f"{host}:{c.http_port}",
