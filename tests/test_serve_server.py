@@ -390,6 +390,9 @@ def test_http_framing_the_guard_answers(server: Any) -> None:
     huge = (head + "Content-Length: 999999999\r\n\r\n").encode()
     assert _raw_exchange(server.endpoints.http, huge)[0].startswith(b"HTTP/1.1 413")
     assert _raw_exchange(server.endpoints.http, b"GARBAGE\r\n\r\n")[0].startswith(b"HTTP/1.1 400")
+    # HEAD: headers only, relayed without waiting for a body that never comes
+    head_reply = _raw_exchange(server.endpoints.http, b"HEAD /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert head_reply[0].startswith(b"HTTP/1.1 ") and head_reply[0].endswith(b"\r\n\r\n")
     assert server.is_alive()
 
 

@@ -23,6 +23,10 @@ MAX_JSON_BYTES = 3 << 20
 #: A batch of 8 binary activations is 4 MiB; room for the JSON header on top.
 MAX_BODY_BYTES = 8 << 20
 MAX_HEAD_BYTES = 64 << 10
+#: A client silent this long mid-request, or between requests, is disconnected (no slow-loris holds).
+IDLE_TIMEOUT_S = 60.0
+#: How long Triton may take to answer one request before the client gets a 504.
+UPSTREAM_TIMEOUT_S = 300.0
 _INFER_SUFFIX = "/infer"
 
 
@@ -101,7 +105,7 @@ def body_length(head: _Head) -> int | tuple[int, str, str]:
     return length
 
 
-async def _relay_response(upstream: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+async def _relay_response(upstream: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str) -> bool:
     """Copy one response; False when either side must close the connection afterwards."""
     raw = await upstream.readuntil(b"\r\n\r\n")
     writer.write(raw)
@@ -110,7 +114,9 @@ async def _relay_response(upstream: asyncio.StreamReader, writer: asyncio.Stream
         for k, _, v in (ln.partition(":") for ln in raw.decode("latin-1").split("\r\n")[1:] if ln)
     }
     keep = headers.get("connection", "").lower() != "close"
-    if "content-length" in headers:
+    if method == "HEAD":
+        keep = False  # headers only; Triton 2.51 sends a body anyway, so this upstream link is spent
+    elif "content-length" in headers:
         writer.write(await upstream.readexactly(int(headers["content-length"])))
     elif headers.get("transfer-encoding", "").lower() == "chunked":
         while True:
@@ -142,7 +148,7 @@ class HttpGuard:
         try:
             while True:
                 try:
-                    raw = await reader.readuntil(b"\r\n\r\n")
+                    raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_TIMEOUT_S)
                 except asyncio.LimitOverrunError:
                     writer.write(_reply(431, "Request Header Fields Too Large", "request head too large"))
                     break
@@ -159,7 +165,7 @@ class HttpGuard:
                     writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # answered here, not relayed
                     lines = raw.split(b"\r\n")
                     raw = b"\r\n".join(ln for ln in lines if not ln.lower().startswith(b"expect:"))
-                body = await reader.readexactly(length)
+                body = await asyncio.wait_for(reader.readexactly(length), IDLE_TIMEOUT_S)
                 problem = check_request(head, body)
                 if problem is not None:
                     writer.write(_reply(*problem))
@@ -173,10 +179,15 @@ class HttpGuard:
                 assert up_reader is not None
                 up_writer.write(raw + body)
                 await up_writer.drain()
-                if not await _relay_response(up_reader, writer):
+                try:
+                    relay = _relay_response(up_reader, writer, head.method)
+                    if not await asyncio.wait_for(relay, UPSTREAM_TIMEOUT_S):
+                        break
+                except TimeoutError:
+                    writer.write(_reply(504, "Gateway Timeout", "Triton did not answer in time"))
                     break
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
-            pass  # a client or Triton hung up mid-message: nothing more to relay
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, TimeoutError):
+            pass  # a client or Triton hung up (or went silent) mid-message: nothing more to relay
         except asyncio.CancelledError:
             pass  # the guard is stopping: close this connection quietly
         finally:
