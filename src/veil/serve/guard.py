@@ -210,7 +210,12 @@ class HttpGuard:
         except BaseException as exc:  # reported to start()
             self._error = exc
             self._started.set()
-        finally:
+        finally:  # let every connection handler finish its cancellation before the loop goes
+            pending = asyncio.all_tasks(self._loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.close()
 
     def start(self) -> HttpGuard:
