@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.error
 import urllib.request
@@ -111,15 +112,22 @@ def prepare_backends(workspace: Path) -> Path:
     return workspace / "backends"
 
 
-def server_env() -> dict[str, str]:
-    """The stub links libpython (its folder goes first, see DEVELOPERS.md) and must find this
-    environment's torch: this interpreter's ``bin`` goes first on PATH, as PyTriton does."""
-    import sysconfig
+def ensure_libpython_on_ld_path() -> str:
+    """Put this interpreter's libpython folder first on ``LD_LIBRARY_PATH`` (the stub needs it)."""
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    parts = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    if libdir and libdir not in parts:
+        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *parts])
+    return libdir
 
+
+def server_env() -> dict[str, str]:
+    """The stub links libpython (its folder goes first, see DEVELOPERS.md) and the wheel's libraries,
+    and must find this environment's torch: this interpreter's ``bin`` goes first on PATH."""
+    ensure_libpython_on_ld_path()
     _, libs = _wheel_dirs()
     env = dict(os.environ)
-    parts = [sysconfig.get_config_var("LIBDIR") or "", *env.get("LD_LIBRARY_PATH", "").split(os.pathsep)]
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(dict.fromkeys(p for p in [*parts, str(libs)] if p))
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([env["LD_LIBRARY_PATH"], str(libs)]).strip(os.pathsep)
     env["PATH"] = os.pathsep.join([str(Path(sys.exec_prefix) / "bin"), env.get("PATH", "")])
     return env
 

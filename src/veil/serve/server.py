@@ -28,7 +28,6 @@ import secrets
 import shutil
 import signal
 import socket
-import sysconfig
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -43,20 +42,11 @@ from torch import nn
 
 from veil.errors import ServingError
 from veil.serve.export import ScoresTail, build_tails, frozen_for_serving, load_repository
-from veil.serve.python_backend import connectable_host
+from veil.serve.python_backend import connectable_host, ensure_libpython_on_ld_path
 from veil.serve.pytriton_engine import RequestHook, TailRunner, start_pytriton
 from veil.serve.validate import BASE_MODEL, MAX_BATCH_SIZE, NOISY_MODEL
 
 ENGINES = ("python", "pytriton")
-
-
-def ensure_libpython_on_ld_path() -> str:
-    """Put this interpreter's libpython folder first on ``LD_LIBRARY_PATH`` (the stub needs it)."""
-    libdir = sysconfig.get_config_var("LIBDIR") or ""
-    parts = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
-    if libdir and libdir not in parts:
-        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *parts])
-    return libdir
 
 
 @dataclass(frozen=True)
