@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from veil.adversary import OnlineAttacker, adversary_photos, build_online_attacker
 from veil.artifact import save_transform
+from veil.data.images import GRID_CHOICES
 from veil.errors import InputError
 from veil.imageio import preprocess
 from veil.losses import distillation_loss, privacy_loss
@@ -50,6 +51,7 @@ class TrainConfig:
     labels_part: str = "all"  # "train": only the half that evaluation's "test" part never sees
     task: str = "distill"  # or "multibox" (supervised, needs labels)
     scene_fraction: float = 0.25  # share of samples cropped from scenes (the rest: photo mosaics)
+    mosaic_grids: list[int] = field(default_factory=lambda: list(GRID_CHOICES))  # k x k photos per mosaic
     privacy: str = "mean"  # "mean": -log mean sigma (Cloak); "relative": -mean log(sigma / channel std);
     # "adversarial": -log mean sigma + adversary_weight * (how far an online decoder beats the mean image)
     adversary_weight: float = 1.0
@@ -100,6 +102,11 @@ class TrainConfig:
             raise InputError(f"--adversary-steps must be >= 1, got {self.adversary_steps}")
         if not 0.0 <= self.scene_fraction <= 1.0:
             raise InputError(f"--scene-fraction must be in [0, 1], got {self.scene_fraction}")
+        if not self.mosaic_grids or any(not 1 <= k <= self.input_size // 16 for k in self.mosaic_grids):
+            raise InputError(
+                f"--mosaic-grids must list sizes from 1 to {self.input_size // 16} (tiles of at least 16 px "
+                f"at {self.input_size}px), got {self.mosaic_grids}"
+            )
 
 
 # -- cache -------------------------------------------------------------------------------------
@@ -165,6 +172,7 @@ def _prepare(
         scene_fraction=cfg.scene_fraction,
         seed=cfg.seed,
         scene_files=extra,
+        grids=cfg.mosaic_grids,
     )
     return build_cache(head, tail, images[rank::world], cfg.input_size, progress, block)
 

@@ -19,6 +19,13 @@ def _check_alpha(alpha: float) -> None:
         raise VeilError(f"--alpha must be in [0, 1), got {alpha}")
 
 
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise VeilError(f"{option} must be comma-separated whole numbers, got {text!r}") from None
+
+
 def _config(
     weights: Path, images: list[Path], scenes: list[Path], alpha: float, granularity: str, **options: Any
 ) -> TrainConfig:
@@ -53,6 +60,9 @@ def train(
     labels_part: str = typer.Option("all", help="Use this half of --labels: all, train or test."),
     task: str = typer.Option("distill", help="distill (label-free, default) or multibox (supervised)."),
     scene_fraction: float = typer.Option(0.25, help="Share of samples cropped from scenes."),
+    mosaic_grids: str = typer.Option(
+        "1,2,3,4,6,8,12,16", help="Mosaic sizes k (k x k photos) to draw from: larger k, smaller faces."
+    ),
     split: str = typer.Option("inception3", help="Split point: rdcl (reference design) or inception1..3."),
     train_tail: bool = typer.Option(True, "--train-tail/--noise-only", help="Fine-tune the tail jointly."),
     train_head: bool = typer.Option(
@@ -99,6 +109,7 @@ def train(
         labels_part=labels_part,
         task=task,
         scene_fraction=scene_fraction,
+        mosaic_grids=_int_list(mosaic_grids, "--mosaic-grids"),
         lr_tail=lr_tail,
         lr_head=lr_head,
         privacy=privacy,

@@ -65,11 +65,18 @@ def training_samples(
     seed: int = 0,
     max_photos: int = 2000,
     scene_files: Sequence[str | Path] = (),
+    grids: Sequence[int] = GRID_CHOICES,
 ) -> list[Tensor]:
     """``count`` uint8 images (size x size): mosaics of photos, plus crops of scenes if given.
 
+    ``grids`` are the mosaic sizes drawn from (k x k photos per sample): larger k, smaller faces.
     Deterministic for a given ``seed`` so a training run can be reproduced exactly.
     """
+    if not grids or any(not 1 <= k <= size // 16 for k in grids):
+        raise InputError(
+            f"mosaic grids must be between 1 and {size // 16} (tiles of at least 16 px) at {size}px, "
+            f"got {list(grids)}"
+        )
     rng = random.Random(seed)
     photo_files = [p for d in photo_dirs for p in list_images(d)]
     rng.shuffle(photo_files)
@@ -83,5 +90,5 @@ def training_samples(
         if scenes and (not photos or rng.random() < scene_fraction):
             out.append(scene_crop(scenes[rng.randrange(len(scenes))], size, rng))
         else:
-            out.append(mosaic(photos, rng.choice(GRID_CHOICES), size, rng))
+            out.append(mosaic(photos, rng.choice(list(grids)), size, rng))
     return out
