@@ -16,7 +16,8 @@ OUT=${1:-src/veil/transforms}
 common=(--weights "$W" --images "$SHARED/data/lfw/train" --labels "$SHARED/data/mask-scenes" --labels-part train
         --scene-fraction 0.75 --steps 1600 --samples 256 --size 1024 --seed 0 --quiet)
 default=(--split inception3 --granularity channel --train-tail --train-head --lr-tail 1e-4
-         --privacy adversarial --adversary-weight 3 --adversary-steps 2)
+         --privacy adversarial --adversary-weight 3 --adversary-steps 2 --distill-weights uniform)
+# (alpha 0.2, 0.5 and 0.8 were trained before --distill-weights existed, i.e. with its default `score`)
 for a in 0.1 0.2 0.5 0.8; do
   [ -f "$OUT/faceboxes-inception3-alpha$a/transform.json" ] && continue  # already trained
   veil train "${common[@]}" "${default[@]}" --alpha "$a" --out "$OUT/faceboxes-inception3-alpha$a"

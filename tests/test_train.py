@@ -14,7 +14,7 @@ from torchvision.io import decode_png, read_file
 
 from conftest import TINY_TRAIN
 from veil.artifact import load_transform
-from veil.errors import TransformError
+from veil.errors import InputError, TransformError
 from veil.train import TrainConfig, train
 
 TINY = TINY_TRAIN
@@ -217,3 +217,34 @@ def test_relative_privacy_loss_rewards_the_cleanest_channel_most() -> None:
     assert gains[0] > gains[1] > 0  # a nearly clean channel costs more than a mildly clean one
     plain = float(privacy_loss(noise))
     assert plain == pytest.approx(-float(torch.log(noise.sigma().mean())))
+
+
+def test_uniform_distill_weights_count_a_missed_small_face_as_much_as_a_large_one() -> None:
+    from veil.losses import distillation_loss
+
+    # two face anchors: a large, certain face (clean score 0.95) and a small, doubtful one (0.2)
+    t_prob = torch.tensor([[0.95, 0.2, 0.01]])
+    t_loc = torch.zeros(1, 3, 4)
+    loc = torch.zeros(1, 3, 4)
+
+    def conf_for(p: list[float]) -> torch.Tensor:  # logits whose softmax face probability is p
+        q = torch.tensor(p)
+        return torch.stack([torch.zeros(3), torch.log(q / (1 - q))], dim=-1)[None]
+
+    lose_small = conf_for([0.95, 0.01, 0.01])  # the noisy model drops the small face
+    lose_large = conf_for([0.2, 0.2, 0.01])  # ... or loses confidence on the large one
+    for weights in ("score", "uniform"):
+        assert float(distillation_loss(loc, conf_for([0.95, 0.2, 0.01]), t_prob, t_loc, weights)) < 1e-6
+    score_small = float(distillation_loss(loc, lose_small, t_prob, t_loc, "score"))
+    uniform_small = float(distillation_loss(loc, lose_small, t_prob, t_loc, "uniform"))
+    assert uniform_small > 1.5 * score_small  # its face term weighs 0.5 instead of 0.2 / 1.15
+    ratio_score = score_small / float(distillation_loss(loc, lose_large, t_prob, t_loc, "score"))
+    ratio_uniform = uniform_small / float(distillation_loss(loc, lose_large, t_prob, t_loc, "uniform"))
+    assert ratio_uniform > ratio_score
+
+
+def test_unknown_distill_weights_are_refused(weights: Path) -> None:
+    from veil.train import TrainConfig
+
+    with pytest.raises(InputError, match="--distill-weights must be score or uniform"):
+        TrainConfig(weights=str(weights), images=["x"], alpha=0.1, distill_weights="area")

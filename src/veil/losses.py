@@ -11,16 +11,25 @@ from torch import Tensor
 
 from veil.noise import NoiseTransform
 
+DISTILL_WEIGHTS = ("score", "uniform")
 
-def distillation_loss(loc: Tensor, conf: Tensor, t_prob: Tensor, t_loc: Tensor) -> Tensor:
-    """Match the clean model: score KL on every anchor, again on the faces, and boxes on the faces."""
+
+def distillation_loss(
+    loc: Tensor, conf: Tensor, t_prob: Tensor, t_loc: Tensor, weights: str = "score"
+) -> Tensor:
+    """Match the clean model: score KL on every anchor, again on the faces, and boxes on the faces.
+
+    ``weights`` says how much each face anchor (clean score > 0.05) counts: ``score`` by the clean
+    model's confidence, ``uniform`` all alike, so the small, low-scoring faces that noise loses first
+    count as much as the large, certain ones.
+    """
     log_p = F.log_softmax(conf, dim=-1)
     t = t_prob.clamp(1e-6, 1 - 1e-6)
     # KL(teacher || student) per anchor: zero when the noisy model agrees with the clean one
     ce = t * (t.log() - log_p[..., 1]) + (1 - t) * ((1 - t).log() - log_p[..., 0])
     pos = t_prob > 0.05  # every anchor that could become a detection at the evaluation threshold
     if bool(pos.any()):
-        w = t_prob[pos]
+        w = t_prob[pos] if weights == "score" else torch.ones_like(t_prob[pos])
         box = (F.smooth_l1_loss(loc[pos], t_loc[pos], reduction="none").sum(-1) * w).sum() / w.sum()
         return ce.mean() + (ce[pos] * w).sum() / w.sum() + box
     return ce.mean() + 0.0 * loc.sum()  # no faces in this batch: loc still in the graph (DDP needs it)

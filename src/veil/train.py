@@ -31,7 +31,7 @@ from veil.artifact import save_transform
 from veil.data.images import GRID_CHOICES
 from veil.errors import InputError
 from veil.imageio import preprocess
-from veil.losses import distillation_loss, privacy_loss
+from veil.losses import DISTILL_WEIGHTS, distillation_loss, privacy_loss
 from veil.models import create_model, get_spec, split_model
 from veil.models.checkpoint import sha256_file
 from veil.multibox import multibox_loss
@@ -50,6 +50,7 @@ class TrainConfig:
     labels: list[str] = field(default_factory=list)  # annotated datasets (FDDB or WIDER layout)
     labels_part: str = "all"  # "train": only the half that evaluation's "test" part never sees
     task: str = "distill"  # or "multibox" (supervised, needs labels)
+    distill_weights: str = "score"  # face anchors count by clean score, or "uniform" (small faces as much)
     scene_fraction: float = 0.25  # share of samples cropped from scenes (the rest: photo mosaics)
     mosaic_grids: list[int] = field(default_factory=lambda: list(GRID_CHOICES))  # k x k photos per mosaic
     privacy: str = "mean"  # "mean": -log mean sigma (Cloak); "relative": -mean log(sigma / channel std);
@@ -81,6 +82,8 @@ class TrainConfig:
 
         if self.task not in ("distill", "multibox"):
             raise InputError(f"--task must be distill or multibox, got {self.task!r}")
+        if self.distill_weights not in DISTILL_WEIGHTS:
+            raise InputError(f"--distill-weights must be score or uniform, got {self.distill_weights!r}")
         if self.task == "multibox" and (not self.labels or self.images or self.scenes):
             raise InputError("--task multibox trains on boxes: pass --labels DIR (and no --images/--scenes)")
         if not (self.images or self.scenes or self.labels):
@@ -330,7 +333,7 @@ def train(
         if cache.label is not None and cache.loc_target is not None:
             task = multibox_loss(loc, conf, cache.loc_target[idx], cache.label[idx])
         else:
-            task = distillation_loss(loc, conf, cache.face_prob[idx], cache.loc[idx])
+            task = distillation_loss(loc, conf, cache.face_prob[idx], cache.loc[idx], cfg.distill_weights)
         priv = privacy_loss(noise, channel_std)
         attack_vs_floor = float("nan")
         if attacker is not None:

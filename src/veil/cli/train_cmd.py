@@ -59,6 +59,9 @@ def train(
     ),
     labels_part: str = typer.Option("all", help="Use this half of --labels: all, train or test."),
     task: str = typer.Option("distill", help="distill (label-free, default) or multibox (supervised)."),
+    distill_weights: str = typer.Option(
+        "score", help="Face anchors count by clean score, or uniform (small faces count as much)."
+    ),
     scene_fraction: float = typer.Option(0.25, help="Share of samples cropped from scenes."),
     mosaic_grids: str = typer.Option(
         "1,2,3,4,6,8,12,16", help="Mosaic sizes k (k x k photos) to draw from: larger k, smaller faces."
@@ -108,6 +111,7 @@ def train(
         labels=labels,
         labels_part=labels_part,
         task=task,
+        distill_weights=distill_weights,
         scene_fraction=scene_fraction,
         mosaic_grids=_int_list(mosaic_grids, "--mosaic-grids"),
         lr_tail=lr_tail,
