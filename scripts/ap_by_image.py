@@ -18,15 +18,12 @@ import numpy as np
 import torch
 
 from veil.data import load_dataset
-from veil.eval.ap import average_precision, box_iou
+from veil.eval.ap import box_iou
 from veil.eval.runner import ImagePrediction, predict
+from veil.eval.runner import pooled_ap as _ap
 from veil.pipeline import load_pipeline
 
 SHARED = Path(os.environ.get("VEIL_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-
-
-def _ap(preds: list[ImagePrediction]) -> float:
-    return average_precision([p.detections for p in preds], [p.boxes for p in preds], 0.5)
 
 
 def _found(p: ImagePrediction, threshold: float = 0.5) -> int:

@@ -29,7 +29,9 @@ def distillation_loss(
     ce = t * (t.log() - log_p[..., 1]) + (1 - t) * ((1 - t).log() - log_p[..., 0])
     pos = t_prob > 0.05  # every anchor that could become a detection at the evaluation threshold
     if bool(pos.any()):
-        w = t_prob[pos] if weights == "score" else torch.ones_like(t_prob[pos])
+        w = t_prob[pos]
+        if weights == "uniform":
+            w = torch.ones_like(w)
         box = (F.smooth_l1_loss(loc[pos], t_loc[pos], reduction="none").sum(-1) * w).sum() / w.sum()
         return ce.mean() + (ce[pos] * w).sum() / w.sum() + box
     return ce.mean() + 0.0 * loc.sum()  # no faces in this batch: loc still in the graph (DDP needs it)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from veil.adversary import OnlineAttacker, adversary_photos, build_online_attacker
 from veil.artifact import save_transform
-from veil.data.images import GRID_CHOICES
+from veil.data.images import GRID_CHOICES, check_grids
 from veil.errors import InputError
 from veil.imageio import preprocess
 from veil.losses import DISTILL_WEIGHTS, distillation_loss, privacy_loss
@@ -105,11 +105,7 @@ class TrainConfig:
             raise InputError(f"--adversary-steps must be >= 1, got {self.adversary_steps}")
         if not 0.0 <= self.scene_fraction <= 1.0:
             raise InputError(f"--scene-fraction must be in [0, 1], got {self.scene_fraction}")
-        if not self.mosaic_grids or any(not 1 <= k <= self.input_size // 16 for k in self.mosaic_grids):
-            raise InputError(
-                f"--mosaic-grids must list sizes from 1 to {self.input_size // 16} (tiles of at least 16 px "
-                f"at {self.input_size}px), got {self.mosaic_grids}"
-            )
+        check_grids(self.mosaic_grids, self.input_size)
 
 
 # -- cache -------------------------------------------------------------------------------------

@@ -21,6 +21,15 @@ from veil.imageio import list_images, load_image
 GRID_CHOICES = (1, 2, 3, 4, 6, 8, 12, 16)  # faces from ~400 px down to ~25 px at 1024^2
 
 
+def check_grids(grids: Sequence[int], size: int) -> None:
+    """One-line error for mosaic sizes that leave tiles under 16 px at ``size`` (or no sizes at all)."""
+    if not grids or any(not 1 <= k <= size // 16 for k in grids):
+        raise InputError(
+            f"--mosaic-grids must list sizes from 1 to {size // 16}: mosaic grids of k x k photos need tiles "
+            f"of at least 16 px at {size}px, got {list(grids)}"
+        )
+
+
 def _fit(img: Tensor, height: int, width: int) -> Tensor:
     return F.interpolate(
         img[None].float(), size=(height, width), mode="bilinear", antialias=True, align_corners=False
@@ -72,11 +81,8 @@ def training_samples(
     ``grids`` are the mosaic sizes drawn from (k x k photos per sample): larger k, smaller faces.
     Deterministic for a given ``seed`` so a training run can be reproduced exactly.
     """
-    if not grids or any(not 1 <= k <= size // 16 for k in grids):
-        raise InputError(
-            f"mosaic grids must be between 1 and {size // 16} (tiles of at least 16 px) at {size}px, "
-            f"got {list(grids)}"
-        )
+    check_grids(grids, size)
+    grid_choices = list(grids)
     rng = random.Random(seed)
     photo_files = [p for d in photo_dirs for p in list_images(d)]
     rng.shuffle(photo_files)
@@ -90,5 +96,5 @@ def training_samples(
         if scenes and (not photos or rng.random() < scene_fraction):
             out.append(scene_crop(scenes[rng.randrange(len(scenes))], size, rng))
         else:
-            out.append(mosaic(photos, rng.choice(list(grids)), size, rng))
+            out.append(mosaic(photos, rng.choice(grid_choices), size, rng))
     return out

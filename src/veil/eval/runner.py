@@ -110,7 +110,8 @@ def predict(
     return out
 
 
-def _ap(preds: Sequence[ImagePrediction]) -> float:
+def pooled_ap(preds: Sequence[ImagePrediction]) -> float:
+    """AP over all images' detections together (IoU 0.5), honouring WIDER's ignore flags if kept."""
     ignore = None if all(p.ignore is None for p in preds) else [p.ignore for p in preds]
     return average_precision([p.detections for p in preds], [p.boxes for p in preds], 0.5, ignore)
 
@@ -123,7 +124,7 @@ def summarize(preds: Sequence[ImagePrediction], seconds: float = 0.0) -> EvalRes
     groups: dict[str, list[ImagePrediction]] = {}
     for p in preds:
         groups.setdefault(p.group, []).append(p)
-    folds = {g: _ap(ps) for g, ps in groups.items()}
+    folds = {g: pooled_ap(ps) for g, ps in groups.items()}
     average = fold_mean(folds)
     roc: dict = {}
     if all(p.ellipses is not None for p in preds):
@@ -132,7 +133,7 @@ def summarize(preds: Sequence[ImagePrediction], seconds: float = 0.0) -> EvalRes
         folds=folds,
         average_ap=average,
         map=average,
-        pooled_ap=_ap(preds),
+        pooled_ap=pooled_ap(preds),
         roc=roc,
         images=len(preds),
         faces=int(sum(p.boxes.shape[0] for p in preds)),
