@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
+import torch
+from torch import nn
 
 #: A training run small enough for CI (seconds on CPU); tests override what they study.
 TINY_TRAIN: dict[str, int] = {"samples": 8, "steps": 40, "batch_size": 4, "input_size": 256, "log_every": 10}
@@ -79,3 +83,65 @@ def faceboxes(weights: Path):  # type: ignore[no-untyped-def]
 def mask_scenes(shared_dir: Path) -> Path:
     """552 real street scenes with 2,128 face boxes in FDDB layout."""
     return _require(shared_dir / "data" / "mask-scenes")
+
+
+# -- a real Triton server (tests/test_serve_*.py; helpers in tests/serving.py) -----------------
+@pytest.fixture(scope="session")
+def serve_images(fddb_sample: Path) -> list[torch.Tensor]:
+    """Three real FDDB photos for the serving tests."""
+    from veil.imageio import load_image
+
+    paths = sorted(fddb_sample.rglob("*.jpg"))[:3]
+    return [load_image(p) for p in paths]
+
+
+@pytest.fixture(scope="session")
+def serve_parts(weights: Path) -> dict[str, Any]:
+    """Local reference: clean detector, a distinct noise-trained tail, and one fixed noise sample."""
+    from serving import ACTIVATION_DIMS, FixedNoise
+    from veil.detect import Detector, build_detector
+    from veil.serve.export import noisy_tail_from_state_dict
+
+    clean = build_detector(weights)
+    base_tail = cast(nn.Module, clean.tail)
+    state = {k: v.clone() for k, v in base_tail.state_dict().items()}
+    for k in state:
+        if k.endswith("bias") and "conf" in k:
+            state[k] = (state[k].view(-1, 2) + torch.tensor([0.3, -0.3])).view(-1)  # routing is visible
+    noisy_tail = noisy_tail_from_state_dict(base_tail, state)
+    noise = FixedNoise(torch.randn(8, *ACTIVATION_DIMS, generator=torch.Generator().manual_seed(1)) * 0.5)
+    noisy = Detector(clean.head, noisy_tail, noise=noise)
+    return {"clean": clean, "noisy": noisy, "noise": noise, "noisy_tail": noisy_tail}
+
+
+@pytest.fixture(scope="session", params=["python", "pytriton"])
+def server(
+    request: pytest.FixtureRequest, serve_parts: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """The server on free loopback ports, with a record of what reached the tails, per engine."""
+    from serving import TOKEN, DirRecorder, Recorder
+    from veil.serve.server import ServerConfig, VeilServer, free_ports
+
+    engine = request.param
+    folder = tmp_path_factory.mktemp(f"triton-{engine}")
+    http_port, grpc_port, metrics_port = free_ports(3)
+    config = ServerConfig(
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        access_token=TOKEN,
+        log_file=folder / "triton.log",
+        engine=engine,
+        record_dir=folder / "received" if engine == "python" else None,
+    )
+    tails = serve_parts["clean"].tail, serve_parts["noisy_tail"]
+    recorder: Recorder | DirRecorder
+    if engine == "pytriton":
+        recorder = Recorder()
+        srv = VeilServer.from_tails(*tails, config, on_request=recorder)
+    else:
+        recorder = DirRecorder(folder / "received")
+        srv = VeilServer.from_tails(*tails, config)
+    srv.recorder = recorder  # type: ignore[attr-defined]
+    with srv:
+        yield srv

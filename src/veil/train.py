@@ -30,13 +30,13 @@ from veil.adversary import OnlineAttacker, adversary_photos, build_online_attack
 from veil.artifact import save_transform
 from veil.data.images import GRID_CHOICES, check_grids
 from veil.errors import InputError
-from veil.imageio import preprocess
 from veil.losses import DISTILL_WEIGHTS, distillation_loss, privacy_loss
 from veil.models import create_model, get_spec, split_model
 from veil.models.checkpoint import sha256_file
 from veil.multibox import multibox_loss
 from veil.noise import Granularity, NoiseTransform, snr_db
 from veil.split import split_block
+from veil.train_cache import Cache, prepare_cache
 
 
 @dataclass
@@ -108,74 +108,7 @@ class TrainConfig:
         check_grids(self.mosaic_grids, self.input_size)
 
 
-# -- cache -------------------------------------------------------------------------------------
-@dataclass
-class Cache:
-    """Clean head activations and the clean model's outputs for the same images."""
-
-    activations: Tensor  # [S, C, H, W]
-    face_prob: Tensor  # [S, A]
-    loc: Tensor  # [S, A, 4]
-    loc_target: Tensor | None = None  # [S, A, 4] matched boxes (multibox only)
-    label: Tensor | None = None  # [S, A] 1 = face anchor (multibox only)
-
-
-@torch.no_grad()
-def build_cache(
-    head: nn.Module,
-    tail: nn.Module,
-    images: list[Tensor],
-    size: int,
-    progress: bool = True,
-    block: nn.Module | None = None,
-) -> Cache:
-    """With ``block`` (the head's trainable last block), the cached activations are its inputs."""
-    acts, probs, locs = [], [], []
-    for img in tqdm(images, desc="caching clean activations", disable=not progress, unit="img"):
-        x = preprocess([img], size=(size, size)).tensor
-        a = head(x)
-        loc, conf = tail(a if block is None else block(a))
-        acts.append(a.contiguous())
-        probs.append(conf.softmax(-1)[..., 1])
-        locs.append(loc)
-    return Cache(torch.cat(acts), torch.cat(probs), torch.cat(locs))
-
-
 # -- the run -----------------------------------------------------------------------------------
-def _prepare(
-    cfg: TrainConfig,
-    head: nn.Module,
-    tail: nn.Module,
-    rank: int,
-    world: int,
-    progress: bool,
-    block: nn.Module | None = None,
-) -> Cache:
-    """Training samples for this rank, their clean activations and outputs, and (multibox) targets."""
-    from veil.data import load_dataset
-    from veil.data.images import training_samples
-    from veil.multibox import labeled_samples, match_samples
-
-    labeled = [load_dataset(d).part(cfg.labels_part) for d in cfg.labels]
-    if cfg.task == "multibox":
-        samples = labeled_samples(labeled, cfg.samples, cfg.input_size, cfg.seed, progress)[rank::world]
-        cache = build_cache(head, tail, [s.image for s in samples], cfg.input_size, progress, block)
-        cache.loc_target, cache.label = match_samples(samples, cfg.input_size)
-        return cache
-    extra = [img.path for d in labeled for img in d.images]  # boxes unused: unlabeled target-domain scenes
-    images = training_samples(
-        cfg.images,
-        cfg.scenes,
-        count=cfg.samples,
-        size=cfg.input_size,
-        scene_fraction=cfg.scene_fraction,
-        seed=cfg.seed,
-        scene_files=extra,
-        grids=cfg.mosaic_grids,
-    )
-    return build_cache(head, tail, images[rank::world], cfg.input_size, progress, block)
-
-
 def _privacy_setup(
     cfg: TrainConfig,
     head: nn.Module,
@@ -269,7 +202,7 @@ def train(
     model = create_model(cfg.model, cfg.weights)
     head, tail = split_model(model, cfg.split)
     pre, block = split_block(model, cfg.split) if cfg.train_head else (head, None)
-    cache = _prepare(cfg, pre, tail, rank, world, progress and rank == 0, block)
+    cache = prepare_cache(cfg, pre, tail, rank, world, progress and rank == 0, block)
     released_shape = tuple(cache.activations.shape[1:])
     if block is not None:
         block.eval()  # frozen BatchNorm statistics, as for the tail

@@ -1,0 +1,85 @@
+"""The training set, cached once: clean head activations and the clean model's outputs per sample.
+
+Each training step then costs only the tail (and, with ``train_head``, the head's last block), which
+is what makes the fine-tune pass affordable on a CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from veil.imageio import preprocess
+
+if TYPE_CHECKING:
+    from veil.train import TrainConfig
+
+
+@dataclass
+class Cache:
+    """Clean head activations and the clean model's outputs for the same images."""
+
+    activations: Tensor  # [S, C, H, W]
+    face_prob: Tensor  # [S, A]
+    loc: Tensor  # [S, A, 4]
+    loc_target: Tensor | None = None  # [S, A, 4] matched boxes (multibox only)
+    label: Tensor | None = None  # [S, A] 1 = face anchor (multibox only)
+
+
+@torch.no_grad()
+def build_cache(
+    head: nn.Module,
+    tail: nn.Module,
+    images: list[Tensor],
+    size: int,
+    progress: bool = True,
+    block: nn.Module | None = None,
+) -> Cache:
+    """With ``block`` (the head's trainable last block), the cached activations are its inputs."""
+    acts, probs, locs = [], [], []
+    for img in tqdm(images, desc="caching clean activations", disable=not progress, unit="img"):
+        x = preprocess([img], size=(size, size)).tensor
+        a = head(x)
+        loc, conf = tail(a if block is None else block(a))
+        acts.append(a.contiguous())
+        probs.append(conf.softmax(-1)[..., 1])
+        locs.append(loc)
+    return Cache(torch.cat(acts), torch.cat(probs), torch.cat(locs))
+
+
+def prepare_cache(
+    cfg: TrainConfig,
+    head: nn.Module,
+    tail: nn.Module,
+    rank: int,
+    world: int,
+    progress: bool,
+    block: nn.Module | None = None,
+) -> Cache:
+    """Training samples for this rank, their clean activations and outputs, and (multibox) targets."""
+    from veil.data import load_dataset
+    from veil.data.images import training_samples
+    from veil.multibox import labeled_samples, match_samples
+
+    labeled = [load_dataset(d).part(cfg.labels_part) for d in cfg.labels]
+    if cfg.task == "multibox":
+        samples = labeled_samples(labeled, cfg.samples, cfg.input_size, cfg.seed, progress)[rank::world]
+        cache = build_cache(head, tail, [s.image for s in samples], cfg.input_size, progress, block)
+        cache.loc_target, cache.label = match_samples(samples, cfg.input_size)
+        return cache
+    extra = [img.path for d in labeled for img in d.images]  # boxes unused: unlabeled target-domain scenes
+    images = training_samples(
+        cfg.images,
+        cfg.scenes,
+        count=cfg.samples,
+        size=cfg.input_size,
+        scene_fraction=cfg.scene_fraction,
+        seed=cfg.seed,
+        scene_files=extra,
+        grids=cfg.mosaic_grids,
+    )
+    return build_cache(head, tail, images[rank::world], cfg.input_size, progress, block)
