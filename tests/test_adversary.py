@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,18 @@ def test_adversary_noises_the_channel_that_leaks() -> None:
     assert min(rels) < 0.5 and sum(rels[-10:]) / 10 > 0.7  # the attacker was winning, then pushed back
 
 
+def test_adversary_size_beyond_the_input_is_refused(weights: Path, shared_dir: Path) -> None:
+    with pytest.raises(InputError, match="--adversary-size must be between 32 and the input size"):
+        TrainConfig(
+            weights=str(weights),
+            images=[str(shared_dir / "data/lfw/train")],
+            alpha=0.1,
+            privacy="adversarial",
+            granularity="channel",
+            adversary_size=2048,
+        )
+
+
 def test_adversarial_privacy_needs_channel_noise(weights: Path, shared_dir: Path) -> None:
     with pytest.raises(InputError, match="granularity channel"):
         TrainConfig(
@@ -85,6 +98,7 @@ def test_tiny_adversarial_run_logs_the_attack_and_resumes(
         privacy="adversarial",
         granularity="channel",
         adversary_photos=16,
+        adversary_size=256,  # the full input size (default: half of it)
         **(TINY_TRAIN | {"steps": 20}),  # type: ignore[arg-type]
     )
     out = tmp_path / "adv"
@@ -92,6 +106,9 @@ def test_tiny_adversarial_run_logs_the_attack_and_resumes(
     state = torch.load(tmp_path / ".adv.work/checkpoint.pt", weights_only=True)
     assert "attacker" in state  # the decoder resumes with the transform, not from scratch
     assert state["attacker"]["photos"] == 16  # --adversary-photos, not --samples (8)
+    assert state["attacker"]["activation_size"] == 256 // 32  # attacked at --adversary-size
+    with pytest.raises(InputError, match="another input size"):  # resuming with another size is refused
+        train(replace(cfg, adversary_size=128), out, progress=False)
     metrics = train(cfg, out, progress=False)
     assert metrics["mean_sigma"] > 0
     rows = list(csv.DictReader((out / "train_log.csv").open()))

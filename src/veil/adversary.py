@@ -119,12 +119,18 @@ class OnlineAttacker:
             "decoder": self.decoder.state_dict(),
             "optimizer": self.opt.state_dict(),
             "photos": self.activations.shape[0],
+            "activation_size": self.activations.shape[-1],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state.get("photos", self.activations.shape[0])) != self.activations.shape[0]:
             raise InputError(
                 "checkpoint's online attacker learned from another photo set: delete it to restart"
+            )
+        if int(state.get("activation_size", self.activations.shape[-1])) != self.activations.shape[-1]:
+            raise InputError(
+                "checkpoint's online attacker attacked another input size (--adversary-size): "
+                "delete it to restart"
             )
         self.decoder.load_state_dict(state["decoder"])
         self.opt.load_state_dict(state["optimizer"])

@@ -58,6 +58,7 @@ class TrainConfig:
     adversary_weight: float = 1.0
     adversary_photos: int = 256  # photos the online decoder learns from (2000: worse in one run)
     adversary_steps: int = 1  # decoder updates per training step (a stronger chaser)
+    adversary_size: int = 0  # input size the online decoder attacks; 0: half of input_size (cheaper)
     model: str = "faceboxes"
     split: str = "inception3"
     train_tail: bool = True
@@ -101,6 +102,11 @@ class TrainConfig:
                 f"--train-head fine-tunes the block before the split, and nothing precedes {self.split!r}: "
                 "use a later split (e.g. --split inception3)"
             )
+        if self.adversary_size and not 32 <= self.adversary_size <= self.input_size:
+            raise InputError(
+                f"--adversary-size must be between 32 and the input size ({self.input_size}), "
+                f"got {self.adversary_size}"
+            )
         if self.adversary_steps < 1:
             raise InputError(f"--adversary-steps must be >= 1, got {self.adversary_steps}")
         if not 0.0 <= self.scene_fraction <= 1.0:
@@ -131,7 +137,7 @@ def _privacy_setup(
         attacker = build_online_attacker(
             head,
             photos,
-            cfg.input_size // 2,
+            cfg.adversary_size or cfg.input_size // 2,
             seed=cfg.seed + rank,
             progress=progress,
             encoder=block,

@@ -86,6 +86,9 @@ def train(
     adversary_weight: float = typer.Option(1.0, help="Weight of the online decoder's term (adversarial)."),
     adversary_photos: int = typer.Option(256, help="Photos the online decoder learns from (adversarial)."),
     adversary_steps: int = typer.Option(1, help="Online decoder updates per training step (adversarial)."),
+    adversary_size: int = typer.Option(
+        0, help="Input size the online decoder attacks (adversarial); 0 = half of --size, cheaper."
+    ),
     size: int = typer.Option(1024, help="Input size the transform is trained for."),
     seed: int = typer.Option(0, help="Seed of the data augmentation (the noise itself stays OS-seeded)."),
     threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
@@ -120,6 +123,7 @@ def train(
         adversary_weight=adversary_weight,
         adversary_photos=adversary_photos,
         adversary_steps=adversary_steps,
+        adversary_size=adversary_size,
     )
     set_threads(threads)
     metrics = run(cfg, out, progress=not quiet)
