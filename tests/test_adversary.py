@@ -66,25 +66,23 @@ def test_adversary_noises_the_channel_that_leaks() -> None:
     assert min(rels) < 0.5 and sum(rels[-10:]) / 10 > 0.7  # the attacker was winning, then pushed back
 
 
-def test_adversary_size_beyond_the_input_is_refused(weights: Path, shared_dir: Path) -> None:
-    with pytest.raises(InputError, match="--adversary-size must be between 32 and the input size"):
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "granularity channel"),  # adversarial privacy needs per-channel noise
+        ({"granularity": "channel", "adversary_size": 2048}, "--adversary-size must be between 32 and"),
+    ],
+)
+def test_adversarial_options_are_checked(
+    weights: Path, shared_dir: Path, options: dict, message: str
+) -> None:
+    with pytest.raises(InputError, match=message):
         TrainConfig(
             weights=str(weights),
             images=[str(shared_dir / "data/lfw/train")],
             alpha=0.1,
             privacy="adversarial",
-            granularity="channel",
-            adversary_size=2048,
-        )
-
-
-def test_adversarial_privacy_needs_channel_noise(weights: Path, shared_dir: Path) -> None:
-    with pytest.raises(InputError, match="granularity channel"):
-        TrainConfig(
-            weights=str(weights),
-            images=[str(shared_dir / "data/lfw/train")],
-            alpha=0.5,
-            privacy="adversarial",
+            **options,
         )
 
 
