@@ -19,8 +19,7 @@ import torch
 
 from veil.data import load_dataset
 from veil.eval.ap import box_iou
-from veil.eval.runner import ImagePrediction, predict
-from veil.eval.runner import pooled_ap as _ap
+from veil.eval.runner import ImagePrediction, pooled_ap, predict
 from veil.pipeline import load_pipeline
 
 SHARED = Path(os.environ.get("VEIL_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
@@ -47,14 +46,14 @@ def main() -> None:
     clean_det, noisy_det = load_pipeline(weights, None), load_pipeline(weights, args.transform)
     clean = predict(data, clean_det.detect, desc="clean")
     noisy = [predict(data, noisy_det.detect, desc=f"noise draw {d + 1}") for d in range(args.draws)]
-    retained = np.mean([_ap(n) for n in noisy]) / _ap(clean)
+    retained = np.mean([pooled_ap(n) for n in noisy]) / pooled_ap(clean)
     print(f"{args.dataset}: AP retained {100 * retained:.1f} % (mean of {args.draws} draws)")
     print("| image | faces | median face height (px) | found clean | found noisy | retained without it |")
     print("|---|---|---|---|---|---|")
     rows = []
     for i, c in enumerate(clean):
         drop = [p for j, p in enumerate(clean) if j != i]
-        kept = np.mean([_ap([p for j, p in enumerate(n) if j != i]) for n in noisy]) / _ap(drop)
+        kept = np.mean([pooled_ap([p for j, p in enumerate(n) if j != i]) for n in noisy]) / pooled_ap(drop)
         heights = c.boxes[:, 3] - c.boxes[:, 1] if len(c.boxes) else np.zeros(1)
         found = np.mean([_found(n[i]) for n in noisy])
         rows.append((kept, c, heights, found))

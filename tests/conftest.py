@@ -98,9 +98,10 @@ def serve_images(fddb_sample: Path) -> list[torch.Tensor]:
 @pytest.fixture(scope="session")
 def serve_parts(weights: Path) -> dict[str, Any]:
     """Local reference: clean detector, a distinct noise-trained tail, and one fixed noise sample."""
-    from serving import ACTIVATION_DIMS, FixedNoise
+    from serving import FixedNoise
     from veil.detect import Detector, build_detector
     from veil.serve.export import noisy_tail_from_state_dict
+    from veil.serve.validate import ACTIVATION_DIMS
 
     clean = build_detector(weights)
     base_tail = cast(nn.Module, clean.tail)
