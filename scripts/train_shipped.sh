@@ -19,7 +19,8 @@ default=(--split inception3 --granularity channel --train-tail --train-head --lr
          --privacy adversarial --adversary-weight 3 --adversary-steps 2 --distill-weights uniform)
 # (alpha 0.2, 0.5 and 0.8 were trained before --distill-weights existed, i.e. with its default `score`)
 # The online attacker works at half the input size (the --adversary-size default). The full-budget audit
-# shows that is too kind: adding --adversary-size 1024 is far more private at some AP (docs/privacy.md).
+# shows that is too kind: adding --adversary-size 1024 was more private at some AP in one run of four
+# (docs/privacy.md, "The full budget changes the answer").
 for a in 0.1 0.2 0.5 0.8; do
   [ -f "$OUT/faceboxes-inception3-alpha$a/transform.json" ] && continue  # already trained
   veil train "${common[@]}" "${default[@]}" --alpha "$a" --out "$OUT/faceboxes-inception3-alpha$a"
