@@ -83,16 +83,17 @@ def test_tiny_multibox_run_lowers_the_task_loss(weights: Path, mask_scenes: Path
         labels_part="train",
         task="multibox",
         alpha=0.0,
-        **TINY_TRAIN,  # type: ignore[arg-type]
+        **(TINY_TRAIN | {"log_every": 1}),  # type: ignore[arg-type]
     )
     train(cfg, tmp_path / "t", progress=False)
     meta = json.loads((tmp_path / "t" / "transform.json").read_text())
     assert meta["training_data"]["task"] == "multibox"
     assert meta["training_data"]["labels_part"] == "train"
     with (tmp_path / "t" / "train_log.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    first, last = float(rows[0]["task"]), float(rows[-1]["task"])
-    assert last < first
+        task = [float(r["task"]) for r in csv.DictReader(f)]
+    # One batch's loss is noisy (random batches, fresh noise): compare the first steps with the last ten.
+    start, end = float(np.mean(task[:3])), float(np.mean(task[-10:]))
+    assert end < 0.8 * start, (start, end)
 
 
 @pytest.mark.parametrize(

@@ -37,5 +37,6 @@ def test_smallest_alpha_keeps_ap_on_mask_scenes(weights: Path, mask_scenes: Path
     clean = evaluate_draws(data, load_pipeline(weights).detect, draws=1, progress=False)[0].mean.pooled_ap
     smallest = min(shipped_transforms())
     noisy = load_pipeline(weights, shipped_transforms()[smallest])
-    summary, _ = evaluate_draws(data, noisy.detect, draws=2, progress=False)
+    # One draw moves by ~0.007 AP (fresh noise); six put the mean's spread well inside the 0.03 margin.
+    summary, _ = evaluate_draws(data, noisy.detect, draws=6, progress=False)
     assert summary.mean.pooled_ap >= clean - 0.03, (clean, summary.pooled.tolist())
