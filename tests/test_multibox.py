@@ -104,6 +104,7 @@ def test_tiny_multibox_run_lowers_the_task_loss(weights: Path, mask_scenes: Path
         (["--labels-part", "half", "--labels", "x"], "--labels-part"),
         ([], "no training data"),
         (["--privacy", "most", "--images", "x"], "--privacy"),
+        (["--smax-factor", "0", "--images", "x"], "--smax-factor"),
     ],
 )
 def test_train_cli_rejects_bad_task_options(

@@ -43,6 +43,22 @@ def test_sigma_grows_with_alpha(tiny_pair: dict[float, Path]) -> None:
     assert high.meta["metrics"]["snr_db"] < low.meta["metrics"]["snr_db"]
 
 
+def test_noise_cap_binds_and_suppression_can_be_turned_off(
+    weights: Path, shared_dir: Path, tmp_path: Path
+) -> None:
+    # alpha 0.9 pushes sigma to its cap; with the cap at 1x the activation std and suppression off,
+    # every element stays in the release and none is noisier than the cap.
+    train(
+        _cfg(weights, shared_dir, 0.9, smax_factor=1.0, suppress_factor=2.0), tmp_path / "t", progress=False
+    )
+    tr = load_transform(tmp_path / "t")
+    act_std = tr.meta["train"]["activation_std"]
+    assert tr.noise.smax == pytest.approx(act_std, rel=1e-5)
+    assert tr.noise.suppressed_fraction == 0.0
+    sigma = tr.noise.sigma()
+    assert float(sigma.max()) <= act_std * (1 + 1e-5) and float(sigma.mean()) > 0.5 * act_std
+
+
 def test_artifact_contents_and_round_trip(tiny_pair: dict[float, Path], weights: Path) -> None:
     path = tiny_pair[0.1]
     meta = json.loads((path / "transform.json").read_text())

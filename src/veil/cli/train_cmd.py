@@ -35,6 +35,8 @@ def _config(
     _check_alpha(alpha)
     if granularity not in ("element", "channel"):
         raise VeilError(f"--granularity must be element or channel, got {granularity!r}")
+    if options.get("smax_factor", 1.0) <= 0 or options.get("suppress_factor", 1.0) <= 0:
+        raise VeilError("--smax-factor and --suppress-factor must be positive")
     options["labels"] = [str(p) for p in options.get("labels", [])]
     return TrainConfig(
         weights=str(weights),
@@ -89,6 +91,12 @@ def train(
     adversary_size: int = typer.Option(
         0, help="Input size the online decoder attacks (adversarial); 0 = half of --size, cheaper."
     ),
+    smax_factor: float = typer.Option(
+        8.0, help="Noise cap: sigma never exceeds this many times the activations' std."
+    ),
+    suppress_factor: float = typer.Option(
+        0.95, help="Suppress (send the constant mu) where sigma ends above this share of the cap; > 1: never."
+    ),
     size: int = typer.Option(1024, help="Input size the transform is trained for."),
     seed: int = typer.Option(0, help="Seed of the data augmentation (the noise itself stays OS-seeded)."),
     threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
@@ -124,6 +132,8 @@ def train(
         adversary_photos=adversary_photos,
         adversary_steps=adversary_steps,
         adversary_size=adversary_size,
+        smax_factor=smax_factor,
+        suppress_factor=suppress_factor,
     )
     set_threads(threads)
     metrics = run(cfg, out, progress=not quiet)
