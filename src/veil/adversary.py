@@ -106,7 +106,7 @@ class OnlineAttacker:
         distribution it was trained on, which a real attacker simply undoes.
         """
         centred = released - noise.mu
-        if self.encoder is not None:  # the block moves during training: this batch's statistics
+        if self.encoder is not None or noise.conditional:  # moving block or per-image sigma: batch stats
             stats = centred.detach()
             return (centred - stats.mean((0, 2, 3), keepdim=True)) / stats.std(
                 (0, 2, 3), keepdim=True
@@ -139,7 +139,7 @@ class OnlineAttacker:
 def _release(noise: NoiseTransform, clean: Tensor, gen: torch.Generator) -> Tensor:
     """``noise`` applied to activations of another spatial size (a per-channel transform fits any)."""
     eps = torch.randn(clean.shape, generator=gen, dtype=clean.dtype)
-    out = clean + noise.mu + noise.sigma() * eps
+    out = clean + noise.mu + noise.sigma(clean) * eps
     return torch.where(noise.keep, out, noise.mu.expand_as(out))
 
 

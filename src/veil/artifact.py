@@ -1,7 +1,8 @@
 """Transform artifacts: a directory with ``transform.safetensors`` and ``transform.json``.
 
-The tensors (mu, rho, suppression mask and, when trained, the tail's and the head's weights) are stored as
-safetensors — data only, nothing executable. The JSON records how the transform was made and the
+The tensors (mu, rho, suppression mask, the sigma network of a conditional transform and, when trained,
+the tail's and the head's weights) are stored as safetensors — data only, nothing executable. The JSON
+records how the transform was made and the
 SHA-256 of both the tensors file and the base weights, so loading refuses a corrupt file or a
 transform meant for another model instead of silently producing garbage.
 """
@@ -66,7 +67,7 @@ def save_transform(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
-        tensors = {"noise.mu": noise.mu.detach(), "noise.rho": noise.rho.detach(), "noise.keep": noise.keep}
+        tensors = {f"noise.{k}": v.detach() for k, v in noise.state_dict().items()}
         for prefix, state in (("tail", tail_state), ("head", head_state)):
             for key, value in (state or {}).items():
                 tensors[f"{prefix}.{key}"] = value.detach()
@@ -153,9 +154,9 @@ def load_transform(
         )
     noise = NoiseTransform(shape, smin=meta["smin"], smax=meta["smax"], granularity=meta["granularity"])
     try:
-        noise.load_state_dict(
-            {"mu": tensors["noise.mu"], "rho": tensors["noise.rho"], "keep": tensors["noise.keep"].bool()}
-        )
+        state = {k.removeprefix("noise."): v for k, v in tensors.items() if k.startswith("noise.")}
+        state["keep"] = state["keep"].bool()
+        noise.load_state_dict(state)
     except (KeyError, RuntimeError) as exc:
         raise TransformError(
             f"{path}: noise tensors missing or of the wrong shape ({str(exc)[:120]})"

@@ -44,5 +44,5 @@ def privacy_loss(noise: NoiseTransform, channel_std: Tensor | None = None) -> Te
     relative to its own signal, so no channel can stay nearly clean while others absorb the noise.
     """
     if channel_std is None:
-        return -torch.log(noise.sigma().mean())
-    return -torch.log(noise.sigma() / channel_std + 1e-6).mean()
+        return -torch.log(noise.batch_sigma().mean())
+    return -torch.log(noise.batch_sigma() / channel_std + 1e-6).mean()

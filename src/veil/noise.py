@@ -6,6 +6,11 @@ tensor is ``x + mu + sigma * eps`` with ``sigma = smin + (smax - smin) * (1 + ta
 Elements whose sigma ends above a threshold are *suppressed*: they are replaced by the constant mu, so
 they carry nothing at all (and cost no random numbers).
 
+``granularity="conditional"`` makes sigma depend on the activation itself: a small network (:class:`SigmaNet`)
+adds a per-element offset to the per-channel rho, so an image whose content the tail barely needs (a close-up
+face, detected from coarse features) can get more noise than a crowd of small faces. The network runs on the
+client; an attacker is assumed to know it, but not the clean activation it was applied to.
+
 Every call draws fresh noise from a generator seeded from OS entropy, so whoever receives the output
 cannot predict or replay the noise; ``seed=`` exists for tests only.
 """
@@ -20,7 +25,26 @@ from torch import Tensor, nn
 
 from veil.errors import InputError
 
-Granularity = Literal["element", "channel"]
+Granularity = Literal["element", "channel", "conditional"]
+GRANULARITIES = ("element", "channel", "conditional")
+
+
+class SigmaNet(nn.Module):
+    """The activation-dependent part of rho: local context (3x3 conv) plus the whole image (pooled).
+
+    Its output layers start at zero, so an untrained conditional transform is exactly a per-channel one.
+    """
+
+    def __init__(self, channels: int, hidden: int = 32) -> None:
+        super().__init__()
+        out = nn.Conv2d(hidden, channels, 1)
+        self.local = nn.Sequential(nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(), out)
+        self.pooled = nn.Linear(channels, channels)
+        for param in (*out.parameters(), *self.pooled.parameters()):
+            nn.init.zeros_(param)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.local(x) + self.pooled(x.mean((2, 3)))[..., None, None]
 
 
 class NoiseTransform(nn.Module):
@@ -30,6 +54,7 @@ class NoiseTransform(nn.Module):
     """
 
     keep: Tensor  # buffer: False where an element is suppressed (replaced by mu)
+    typical_sigma: Tensor  # buffer (stored only when conditional)
 
     def __init__(
         self,
@@ -43,8 +68,8 @@ class NoiseTransform(nn.Module):
         super().__init__()
         if not 0.0 <= smin < smax:
             raise InputError(f"need 0 <= smin < smax, got smin={smin}, smax={smax}")
-        if granularity not in ("element", "channel"):
-            raise InputError(f"granularity must be 'element' or 'channel', got {granularity!r}")
+        if granularity not in GRANULARITIES:
+            raise InputError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
         self.shape = tuple(int(s) for s in shape)
         self.smin, self.smax, self.granularity = float(smin), float(smax), granularity
         param_shape = (
@@ -56,18 +81,41 @@ class NoiseTransform(nn.Module):
         self._seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
         self._sigma_cache: tuple[int, Tensor] | None = None
+        self.net = SigmaNet(self.shape[0]) if granularity == "conditional" else None
+        # conditional: the mean sigma of the activations seen in training (what reports quote)
+        self.register_buffer("typical_sigma", torch.zeros(()), persistent=self.net is not None)
+        self.last_sigma: Tensor | None = None  # conditional, training: the last batch's sigma (with grad)
 
     # -- the distribution -------------------------------------------------------------------
-    def sigma(self) -> Tensor:
-        """Per-element standard deviation, in [smin, smax]."""
-        return self.smin + (self.smax - self.smin) * (1.0 + torch.tanh(self.rho)) / 2.0
+    @property
+    def conditional(self) -> bool:
+        return self.net is not None
+
+    def sigma(self, x: Tensor | None = None) -> Tensor:
+        """Standard deviation in [smin, smax]: per element/channel, or for activation ``x`` (conditional).
+
+        A conditional transform without ``x`` gives its per-channel part (the network's offset at zero).
+        """
+        rho = self.rho if x is None or self.net is None else self.rho + self.net(x)
+        return self.smin + (self.smax - self.smin) * (1.0 + torch.tanh(rho)) / 2.0
+
+    def batch_sigma(self) -> Tensor:
+        """The sigma the training objective raises: the last batch's (conditional) or the learned one."""
+        if self.net is not None:
+            if self.last_sigma is None:
+                raise RuntimeError("conditional transform: call it on a batch before batch_sigma()")
+            return self.last_sigma
+        return self.sigma()
 
     def mean_sigma(self) -> Tensor:
         """Mean sigma over every element, the quantity the training objective raises.
 
         Suppressed elements count with their learned sigma (at least the suppression threshold): a mean
         over the kept elements only would *fall* as α suppresses more, hiding the extra obfuscation.
+        A conditional transform reports the mean over the activations it saw in training.
         """
+        if self.net is not None:
+            return self.typical_sigma.clone()
         return self.sigma().expand(self.shape).mean()
 
     def suppress_above(self, threshold: float) -> int:
@@ -112,6 +160,18 @@ class NoiseTransform(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         self.check(x)
         eps = torch.randn(x.shape, generator=self._generator(x.device), device=x.device, dtype=x.dtype)
+        if self.net is not None:
+            sigma = self.sigma(x)
+            if torch.is_grad_enabled():
+                self.last_sigma = sigma
+                if self.training:
+                    with torch.no_grad():
+                        seen = sigma.mean().detach()
+                        self.typical_sigma.copy_(
+                            seen if self.typical_sigma == 0 else 0.9 * self.typical_sigma + 0.1 * seen
+                        )
+            out = x + self.mu + sigma * eps
+            return torch.where(self.keep, out, self.mu.expand_as(out))
         if torch.is_grad_enabled() and (self.mu.requires_grad or x.requires_grad):
             out = x + self.mu + self.sigma() * eps
             return torch.where(self.keep, out, self.mu.expand_as(out))

@@ -91,9 +91,10 @@ class TrainConfig:
             raise InputError("no training data: pass --images DIR (photos), --scenes DIR or --labels DIR")
         if self.privacy not in ("mean", "relative", "adversarial"):
             raise InputError(f"--privacy must be mean, relative or adversarial, got {self.privacy!r}")
-        if self.privacy == "adversarial" and self.granularity != "channel":
+        if self.privacy == "adversarial" and self.granularity == "element":
             raise InputError(
-                "--privacy adversarial needs --granularity channel (photos are attacked at their size)"
+                "--privacy adversarial needs --granularity channel or conditional "
+                "(photos are attacked at their size)"
             )
         if self.labels_part not in PARTS:
             raise InputError(f"--labels-part must be one of {', '.join(PARTS)}, got {self.labels_part!r}")
@@ -259,7 +260,7 @@ def train(
     bar = tqdm(range(start, cfg.steps), desc=f"training alpha={cfg.alpha}", disable=not progress or rank > 0)
     suppress_at = int(cfg.steps * cfg.suppress_from)
     for step in bar:
-        if step == suppress_at:
+        if step == suppress_at and not noise.conditional:
             # From here on, suppressed elements are the constant mu during training too, so the tail
             # learns to work with exactly what inference will send (not with noise it will never see).
             noise.suppress_above(cfg.suppress_factor * noise.smax)
@@ -341,6 +342,9 @@ def _final_metrics(
     t = cache.face_prob[:32]
     pos = t > 0.5
     recall = float(((prob > 0.5) & pos).sum() / pos.sum().clamp_min(1))
+    if noise.conditional:  # what reports quote: the mean sigma over the cached training activations
+        with torch.no_grad():
+            noise.typical_sigma.copy_(noise.sigma(acts).mean())
     mean_sigma = float(noise.mean_sigma())
     return {
         "mean_sigma": mean_sigma,

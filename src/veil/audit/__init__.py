@@ -36,8 +36,9 @@ from veil.audit.attack import (
 from veil.audit.linkage import LinkageConfig, linkage_auc, train_verifier
 from veil.audit.metrics import batched_dcor, distance_correlation, psnr, roc_auc, ssim, to_unit
 from veil.audit.report import AuditResult, TargetResult, write_report
+from veil.audit.store import load_attacker, save_attacker
 from veil.errors import InputError
-from veil.imageio import atomic_write_bytes, list_images
+from veil.imageio import list_images
 from veil.models import create_model, split_model
 from veil.noise import snr_db
 from veil.pipeline import transform_head
@@ -342,49 +343,3 @@ def _summary(res: TargetResult, primary: str | None) -> str:
     m = res.sets[primary]
     ssims = " ".join(f"K={k}:{v:.3f}" for k, v in m["ssim"].items())
     return f"{res.name}: SSIM {ssims} on {primary}"
-
-
-def save_attacker(attacker: Attacker, path: str | Path) -> Path:
-    """Store a trained attacker (decoder weights + its noise distribution) as safetensors, atomically."""
-    from safetensors.torch import save as save_bytes
-
-    tensors = {f"decoder.{k}": v.detach().contiguous() for k, v in attacker.decoder.state_dict().items()}
-    if attacker.noise is not None:
-        tensors |= {
-            "noise.mu": attacker.noise.mu,
-            "noise.sigma": attacker.noise.sigma,
-            "noise.keep": attacker.noise.keep.to(torch.uint8),
-        }
-    d = attacker.decoder
-    meta = {
-        "architecture": ARCHITECTURE,
-        "in_channels": d.in_channels,
-        "in_size": d.in_size,
-        "out_size": d.out_size,
-        "width": d.width,
-        "k": attacker.k,
-    }
-    path = Path(path)
-    atomic_write_bytes(
-        path, save_bytes({k: v.contiguous() for k, v in tensors.items()}, metadata={"veil": json.dumps(meta)})
-    )
-    return path
-
-
-def load_attacker(path: str | Path) -> Attacker:
-    """Load an attacker written by :func:`save_attacker` (data only, nothing executable)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as fh:
-        meta = json.loads((fh.metadata() or {}).get("veil", "{}"))
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    if meta.get("architecture") != ARCHITECTURE:
-        raise InputError(f"{path}: not a {ARCHITECTURE} attacker")
-    decoder = Decoder(meta["in_channels"], meta["in_size"], meta["out_size"], meta["width"])
-    decoder.load_state_dict(
-        {k.removeprefix("decoder."): v for k, v in tensors.items() if k.startswith("decoder.")}
-    )
-    noise = None
-    if "noise.mu" in tensors:
-        noise = NoiseSpec(tensors["noise.mu"], tensors["noise.sigma"], tensors["noise.keep"].bool())
-    return Attacker(decoder.eval(), noise, k=int(meta.get("k", 1)))

@@ -59,8 +59,9 @@ class NoiseSpec:
     """mu, sigma and the keep mask of a transform, broadcastable to the audited activation."""
 
     mu: Tensor
-    sigma: Tensor
+    sigma: Tensor  # a conditional transform's per-channel part; its sigma comes from ``conditional``
     keep: Tensor
+    conditional: NoiseTransform | None = None  # set for granularity "conditional": sigma(clean)
 
     @classmethod
     def of(cls, noise: NoiseTransform, shape: Sequence[int]) -> NoiseSpec:
@@ -74,7 +75,9 @@ class NoiseSpec:
         if noise.shape[0] != shape[0]:
             raise InputError(f"transform has {noise.shape[0]} channels, the activation {shape[0]}")
         with torch.no_grad():
-            return cls(noise.mu.detach().clone(), noise.sigma().detach().clone(), noise.keep.clone())
+            conditional = copy.deepcopy(noise).eval().requires_grad_(False) if noise.conditional else None
+            mu, sigma, keep = noise.mu.detach().clone(), noise.sigma().detach().clone(), noise.keep.clone()
+            return cls(mu, sigma, keep, conditional)
 
     def draw(self, clean: Tensor, gen: torch.Generator, k: int = 1) -> Tensor:
         """What the receiver sees: one release, or the mean of ``k`` independent releases.
@@ -83,7 +86,11 @@ class NoiseSpec:
         (suppressed elements stay at mu), so averaging costs one draw.
         """
         eps = torch.randn(clean.shape, generator=gen, dtype=clean.dtype)
-        out = clean + self.mu + (self.sigma / math.sqrt(k)) * eps
+        sigma = self.sigma
+        if self.conditional is not None:  # the attacker knows the network, the sender ran it on clean
+            with torch.no_grad():
+                sigma = self.conditional.sigma(clean)
+        out = clean + self.mu + (sigma / math.sqrt(k)) * eps
         return torch.where(self.keep, out, self.mu.expand_as(out))
 
 

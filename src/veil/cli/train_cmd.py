@@ -30,11 +30,12 @@ def _config(
     weights: Path, images: list[Path], scenes: list[Path], alpha: float, granularity: str, **options: Any
 ) -> TrainConfig:
     """One validated TrainConfig from command-line values (shared by train and sweep)."""
+    from veil.noise import GRANULARITIES
     from veil.train import TrainConfig
 
     _check_alpha(alpha)
-    if granularity not in ("element", "channel"):
-        raise VeilError(f"--granularity must be element or channel, got {granularity!r}")
+    if granularity not in GRANULARITIES:
+        raise VeilError(f"--granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
     if options.get("smax_factor", 1.0) <= 0 or options.get("suppress_factor", 1.0) <= 0:
         raise VeilError("--smax-factor and --suppress-factor must be positive")
     options["labels"] = [str(p) for p in options.get("labels", [])]
@@ -74,7 +75,9 @@ def train(
         False, "--train-head", help="Also fine-tune the head's last block (the client then runs it)."
     ),
     granularity: str = typer.Option(
-        "element", help="element (per-element sigma) or channel (shift-invariant)."
+        "element",
+        help="element (per-element sigma), channel (shift-invariant) or conditional (sigma predicted "
+        "from the activation by a small network, per request; no suppression).",
     ),
     steps: int = typer.Option(400, help="Optimisation steps."),
     samples: int = typer.Option(256, help="Training samples (mosaics/crops) cached once."),
@@ -154,7 +157,7 @@ def sweep(
     scenes: list[Path] = typer.Option([], "--scenes", help="Real scenes to crop from; repeatable."),
     split: str = typer.Option("inception3", help="Split point."),
     train_tail: bool = typer.Option(True, "--train-tail/--noise-only", help="Fine-tune the tail jointly."),
-    granularity: str = typer.Option("element", help="element or channel."),
+    granularity: str = typer.Option("element", help="element, channel or conditional."),
     steps: int = typer.Option(400, help="Steps per transform."),
     samples: int = typer.Option(256, help="Training samples per transform."),
     size: int = typer.Option(1024, help="Input size."),
