@@ -18,6 +18,21 @@ TINY_TRAIN: dict[str, int] = {"samples": 8, "steps": 40, "batch_size": 4, "input
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+def tiny_adversarial(weights: Path, shared_dir: Path, granularity: str, **overrides: Any) -> Any:
+    """A tiny ``--privacy adversarial`` TrainConfig on LFW photos (20 steps, 16 attacker photos)."""
+    from veil.train import TrainConfig
+
+    return TrainConfig(
+        weights=str(weights),
+        images=[str(shared_dir / "data/lfw/train")],
+        alpha=0.5,
+        privacy="adversarial",
+        granularity=granularity,  # type: ignore[arg-type]
+        adversary_photos=16,
+        **(TINY_TRAIN | {"steps": 20} | overrides),
+    )
+
+
 def run_veil(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """The ``veil`` command as a user runs it (its own process, errors as the CLI prints them)."""
     return subprocess.run(

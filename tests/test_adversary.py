@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY_TRAIN
+from conftest import tiny_adversarial
 from veil.adversary import OnlineAttacker
 from veil.errors import InputError
 from veil.noise import NoiseTransform
@@ -89,16 +89,8 @@ def test_adversarial_options_are_checked(
 def test_tiny_adversarial_run_logs_the_attack_and_resumes(
     weights: Path, shared_dir: Path, tmp_path: Path
 ) -> None:
-    cfg = TrainConfig(
-        weights=str(weights),
-        images=[str(shared_dir / "data/lfw/train")],
-        alpha=0.5,
-        privacy="adversarial",
-        granularity="channel",
-        adversary_photos=16,
-        adversary_size=256,  # the full input size (default: half of it)
-        **(TINY_TRAIN | {"steps": 20}),  # type: ignore[arg-type]
-    )
+    # adversary_size: the full input size (default: half of it)
+    cfg = tiny_adversarial(weights, shared_dir, "channel", adversary_size=256)
     out = tmp_path / "adv"
     assert train(cfg, out, progress=False, stop_after=10) == {"stopped_at": 10}
     state = torch.load(tmp_path / ".adv.work/checkpoint.pt", weights_only=True)

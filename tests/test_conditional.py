@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_TRAIN
+from conftest import tiny_adversarial
 from veil.artifact import load_transform, save_transform
 from veil.audit import Attacker, Decoder, NoiseSpec, load_attacker, save_attacker
 from veil.noise import NoiseTransform
-from veil.train import TrainConfig, train
+from veil.train import train
 
 
 def _varied(noise: NoiseTransform) -> NoiseTransform:
@@ -100,16 +100,7 @@ def test_audit_draws_with_the_senders_sigma_and_stores_it(tmp_path: Path) -> Non
 def test_tiny_conditional_run_learns_a_sigma_that_varies_by_image(
     weights: Path, shared_dir: Path, tmp_path: Path
 ) -> None:
-    cfg = TrainConfig(
-        weights=str(weights),
-        images=[str(shared_dir / "data/lfw/train")],
-        alpha=0.5,
-        privacy="adversarial",
-        granularity="conditional",
-        adversary_photos=16,
-        **(TINY_TRAIN | {"steps": 20}),  # type: ignore[arg-type]
-    )
-    metrics = train(cfg, tmp_path / "c", progress=False)
+    metrics = train(tiny_adversarial(weights, shared_dir, "conditional"), tmp_path / "c", progress=False)
     tr = load_transform(tmp_path / "c")
     assert tr.noise.granularity == "conditional" and tr.noise.suppressed_fraction == 0.0
     assert any(float(p.abs().max()) > 0 for p in tr.noise.net.parameters())  # type: ignore[union-attr]
