@@ -154,9 +154,7 @@ def load_transform(
         )
     noise = NoiseTransform(shape, smin=meta["smin"], smax=meta["smax"], granularity=meta["granularity"])
     try:
-        state = {k.removeprefix("noise."): v for k, v in tensors.items() if k.startswith("noise.")}
-        state["keep"] = state["keep"].bool()
-        noise.load_state_dict(state)
+        noise.load_tensors(tensors, "noise.")
     except (KeyError, RuntimeError) as exc:
         raise TransformError(
             f"{path}: noise tensors missing or of the wrong shape ({str(exc)[:120]})"

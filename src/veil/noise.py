@@ -82,7 +82,7 @@ class NoiseTransform(nn.Module):
         self._generators: dict[torch.device, torch.Generator] = {}
         self._sigma_cache: tuple[int, Tensor] | None = None
         self.net = SigmaNet(self.shape[0]) if granularity == "conditional" else None
-        # conditional: the mean sigma of the activations seen in training (what reports quote)
+        # conditional: the mean sigma over the training activations, set when training ends (reports quote it)
         self.register_buffer("typical_sigma", torch.zeros(()), persistent=self.net is not None)
         self.last_sigma: Tensor | None = None  # conditional, training: the last batch's sigma (with grad)
 
@@ -164,12 +164,6 @@ class NoiseTransform(nn.Module):
             sigma = self.sigma(x)
             if torch.is_grad_enabled():
                 self.last_sigma = sigma
-                if self.training:
-                    with torch.no_grad():
-                        seen = sigma.mean().detach()
-                        self.typical_sigma.copy_(
-                            seen if self.typical_sigma == 0 else 0.9 * self.typical_sigma + 0.1 * seen
-                        )
             out = x + self.mu + sigma * eps
             return torch.where(self.keep, out, self.mu.expand_as(out))
         if torch.is_grad_enabled() and (self.mu.requires_grad or x.requires_grad):
@@ -179,6 +173,13 @@ class NoiseTransform(nn.Module):
         if not bool(self.keep.all()):
             out = torch.where(self.keep, out, self.mu.expand_as(out))
         return out
+
+    def load_tensors(self, tensors: dict[str, Tensor], prefix: str) -> NoiseTransform:
+        """Load this transform's state from ``tensors`` whose keys start with ``prefix`` (a stored file)."""
+        state = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+        state["keep"] = state["keep"].bool()
+        self.load_state_dict(state)
+        return self
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, smin={self.smin}, smax={self.smax}, granularity={self.granularity}"

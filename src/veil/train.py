@@ -280,7 +280,7 @@ def train(
         loss.backward()
         opt.step()
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            sigma = float(noise.mean_sigma().detach())
+            sigma = float(noise.batch_sigma().detach().mean())  # conditional: this batch's
             log.writerow([step + 1, loss.item(), task.item(), priv.item(), sigma, attack_vs_floor])
             log_file.flush()
             bar.set_postfix(loss=f"{loss.item():.3f}", task=f"{task.item():.3f}", sigma=f"{sigma:.3f}")

@@ -31,7 +31,6 @@ def save_attacker(attacker: Attacker, path: str | Path) -> Path:
     cond = attacker.noise.conditional if attacker.noise is not None else None
     if cond is not None:  # the attacker's copy of the sender's sigma network
         tensors |= {f"noise.conditional.{k}": v.detach() for k, v in cond.state_dict().items()}
-        tensors["noise.conditional.keep"] = cond.keep.to(torch.uint8)
     d = attacker.decoder
     meta = {
         "architecture": ARCHITECTURE,
@@ -69,12 +68,5 @@ def load_attacker(path: str | Path) -> Attacker:
         if "conditional" in meta:
             c = meta["conditional"]
             cond = NoiseTransform(tuple(c["shape"]), c["smin"], c["smax"], granularity="conditional")
-            state = {
-                k.removeprefix("noise.conditional."): v
-                for k, v in tensors.items()
-                if k.startswith("noise.conditional.")
-            }
-            state["keep"] = state["keep"].bool()
-            cond.load_state_dict(state)
-            noise.conditional = cond.eval().requires_grad_(False)
+            noise.conditional = cond.load_tensors(tensors, "noise.conditional.").eval().requires_grad_(False)
     return Attacker(decoder.eval(), noise, k=int(meta.get("k", 1)))
