@@ -10,8 +10,10 @@ import torch
 from conftest import tiny_adversarial
 from veil.artifact import load_transform, save_transform
 from veil.audit import Attacker, Decoder, NoiseSpec, load_attacker, save_attacker
+from veil.errors import InputError
+from veil.losses import privacy_loss
 from veil.noise import NoiseTransform
-from veil.train import train
+from veil.train import TrainConfig, train
 
 
 def _varied(noise: NoiseTransform) -> NoiseTransform:
@@ -100,7 +102,8 @@ def test_audit_draws_with_the_senders_sigma_and_stores_it(tmp_path: Path) -> Non
 def test_tiny_conditional_run_learns_a_sigma_that_varies_by_image(
     weights: Path, shared_dir: Path, tmp_path: Path
 ) -> None:
-    metrics = train(tiny_adversarial(weights, shared_dir, "conditional"), tmp_path / "c", progress=False)
+    cfg = tiny_adversarial(weights, shared_dir, "conditional", privacy_pool="request")
+    metrics = train(cfg, tmp_path / "c", progress=False)
     tr = load_transform(tmp_path / "c")
     assert tr.noise.granularity == "conditional" and tr.noise.suppressed_fraction == 0.0
     assert any(float(p.abs().max()) > 0 for p in tr.noise.net.parameters())  # type: ignore[union-attr]
@@ -109,3 +112,24 @@ def test_tiny_conditional_run_learns_a_sigma_that_varies_by_image(
     with torch.no_grad():
         per_image = tr.noise.sigma(acts).mean((1, 2, 3))
     assert float(per_image.std()) > 0  # one sigma per request, not one for all
+
+
+def test_per_request_privacy_charges_a_nearly_clean_request() -> None:
+    """Same batch mean sigma, one request nearly clean: only the per-request pool objects."""
+    noise = NoiseTransform((2, 2, 2), smin=0.0, smax=4.0, granularity="conditional")
+    even = torch.full((2, 2, 2, 2), 1.0)
+    uneven = torch.stack([torch.full((2, 2, 2), 1.99), torch.full((2, 2, 2), 0.01)])
+    noise.last_sigma = even
+    assert float(privacy_loss(noise, per_request=True)) == pytest.approx(float(privacy_loss(noise)))
+    noise.last_sigma = uneven
+    batch, request = float(privacy_loss(noise)), float(privacy_loss(noise, per_request=True))
+    assert batch == pytest.approx(0.0, abs=1e-6)  # -log(mean 1.0): blind to the clean request
+    assert request == pytest.approx(-(torch.tensor([1.99, 0.01]).log().mean().item()), rel=1e-5)
+    assert request > batch + 1.5
+
+
+def test_request_pool_is_refused_where_sigma_is_shared() -> None:
+    with pytest.raises(InputError, match="--privacy-pool request needs --granularity conditional"):
+        TrainConfig(weights="w", images=["d"], alpha=0.1, granularity="channel", privacy_pool="request")
+    with pytest.raises(InputError, match="--privacy-pool must be batch or request"):
+        TrainConfig(weights="w", images=["d"], alpha=0.1, granularity="conditional", privacy_pool="image")

@@ -37,12 +37,21 @@ def distillation_loss(
     return ce.mean() + 0.0 * loc.sum()  # no faces in this batch: loc still in the graph (DDP needs it)
 
 
-def privacy_loss(noise: NoiseTransform, channel_std: Tensor | None = None) -> Tensor:
+def privacy_loss(
+    noise: NoiseTransform, channel_std: Tensor | None = None, per_request: bool = False
+) -> Tensor:
     """-log(mean sigma): more noise is better, with diminishing returns.
+
+    ``per_request`` (conditional transforms, whose sigma differs per request): the mean over requests of
+    -log(that request's mean sigma), so the diminishing returns apply to each request and a nearly clean
+    request costs more than a very noisy one gains.
 
     With ``channel_std`` ([C, 1, 1]): -mean log(sigma / std) instead, diminishing returns *per channel*
     relative to its own signal, so no channel can stay nearly clean while others absorb the noise.
     """
+    sigma = noise.batch_sigma()
     if channel_std is None:
-        return -torch.log(noise.batch_sigma().mean())
-    return -torch.log(noise.batch_sigma() / channel_std + 1e-6).mean()
+        if per_request and sigma.dim() == 4:
+            return -torch.log(sigma.mean(dim=(1, 2, 3))).mean()
+        return -torch.log(sigma.mean())
+    return -torch.log(sigma / channel_std + 1e-6).mean()

@@ -55,6 +55,8 @@ class TrainConfig:
     mosaic_grids: list[int] = field(default_factory=lambda: list(GRID_CHOICES))  # k x k photos per mosaic
     privacy: str = "mean"  # "mean": -log mean sigma (Cloak); "relative": -mean log(sigma / channel std);
     # "adversarial": -log mean sigma + adversary_weight * (how far an online decoder beats the mean image)
+    privacy_pool: str = "batch"  # conditional: log of the batch's mean sigma, or "request": mean of
+    # each request's log mean sigma (no request may stay nearly clean while others carry the noise)
     adversary_weight: float = 1.0
     adversary_photos: int = 256  # photos the online decoder learns from (2000: worse in one run)
     adversary_steps: int = 1  # decoder updates per training step (a stronger chaser)
@@ -91,6 +93,13 @@ class TrainConfig:
             raise InputError("no training data: pass --images DIR (photos), --scenes DIR or --labels DIR")
         if self.privacy not in ("mean", "relative", "adversarial"):
             raise InputError(f"--privacy must be mean, relative or adversarial, got {self.privacy!r}")
+        if self.privacy_pool not in ("batch", "request"):
+            raise InputError(f"--privacy-pool must be batch or request, got {self.privacy_pool!r}")
+        if self.privacy_pool == "request" and self.granularity != "conditional":
+            raise InputError(
+                "--privacy-pool request needs --granularity conditional (other transforms give every "
+                "request the same sigma, so the two pools are equal)"
+            )
         if self.privacy == "adversarial" and self.granularity == "element":
             raise InputError(
                 "--privacy adversarial needs --granularity channel or conditional "
@@ -270,7 +279,7 @@ def train(
             task = multibox_loss(loc, conf, cache.loc_target[idx], cache.label[idx])
         else:
             task = distillation_loss(loc, conf, cache.face_prob[idx], cache.loc[idx], cfg.distill_weights)
-        priv = privacy_loss(noise, channel_std)
+        priv = privacy_loss(noise, channel_std, per_request=cfg.privacy_pool == "request")
         attack_vs_floor = float("nan")
         if attacker is not None:
             term, attack_vs_floor = attacker.privacy_term(noise)

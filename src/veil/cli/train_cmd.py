@@ -88,6 +88,11 @@ def train(
         "mean",
         help="mean: -log mean sigma (Cloak); relative: per-channel SNR; adversarial: + online decoder.",
     ),
+    privacy_pool: str = typer.Option(
+        "batch",
+        help="conditional: batch (-log of the batch's mean sigma) or request (mean of each request's "
+        "-log mean sigma: no request stays nearly clean).",
+    ),
     adversary_weight: float = typer.Option(1.0, help="Weight of the online decoder's term (adversarial)."),
     adversary_photos: int = typer.Option(256, help="Photos the online decoder learns from (adversarial)."),
     adversary_steps: int = typer.Option(1, help="Online decoder updates per training step (adversarial)."),
@@ -131,6 +136,7 @@ def train(
         lr_tail=lr_tail,
         lr_head=lr_head,
         privacy=privacy,
+        privacy_pool=privacy_pool,
         adversary_weight=adversary_weight,
         adversary_photos=adversary_photos,
         adversary_steps=adversary_steps,
