@@ -131,5 +131,14 @@ def test_per_request_privacy_charges_a_nearly_clean_request() -> None:
 def test_request_pool_is_refused_where_sigma_is_shared() -> None:
     with pytest.raises(InputError, match="--privacy-pool request needs --granularity conditional"):
         TrainConfig(weights="w", images=["d"], alpha=0.1, granularity="channel", privacy_pool="request")
+    with pytest.raises(InputError, match="--privacy-pool request has no effect with --privacy relative"):
+        TrainConfig(
+            weights="w",
+            images=["d"],
+            alpha=0.1,
+            granularity="conditional",
+            privacy="relative",
+            privacy_pool="request",
+        )
     with pytest.raises(InputError, match="--privacy-pool must be batch or request"):
         TrainConfig(weights="w", images=["d"], alpha=0.1, granularity="conditional", privacy_pool="image")

@@ -51,7 +51,7 @@ def privacy_loss(
     """
     sigma = noise.batch_sigma()
     if channel_std is None:
-        if per_request and sigma.dim() == 4:
-            return -torch.log(sigma.mean(dim=(1, 2, 3))).mean()
+        if per_request:  # sigma is [N, C, H, W]: one mean per request
+            return -torch.log(sigma.flatten(1).mean(1)).mean()
         return -torch.log(sigma.mean())
     return -torch.log(sigma / channel_std + 1e-6).mean()

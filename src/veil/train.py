@@ -100,6 +100,11 @@ class TrainConfig:
                 "--privacy-pool request needs --granularity conditional (other transforms give every "
                 "request the same sigma, so the two pools are equal)"
             )
+        if self.privacy_pool == "request" and self.privacy == "relative":
+            raise InputError(
+                "--privacy-pool request has no effect with --privacy relative (it already takes the log "
+                "per element): drop one of them"
+            )
         if self.privacy == "adversarial" and self.granularity == "element":
             raise InputError(
                 "--privacy adversarial needs --granularity channel or conditional "
