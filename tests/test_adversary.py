@@ -71,6 +71,8 @@ def test_adversary_noises_the_channel_that_leaks() -> None:
     [
         ({}, "granularity channel"),  # adversarial privacy needs per-channel noise
         ({"granularity": "channel", "adversary_size": 2048}, "--adversary-size must be between 32 and"),
+        ({"granularity": "channel", "adversary_reset": -1}, "--adversary-reset must be >= 0"),
+        ({"granularity": "channel", "privacy": "mean", "adversary_reset": 9}, "needs --privacy adversarial"),
     ],
 )
 def test_adversarial_options_are_checked(
@@ -81,16 +83,31 @@ def test_adversarial_options_are_checked(
             weights=str(weights),
             images=[str(shared_dir / "data/lfw/train")],
             alpha=0.1,
-            privacy="adversarial",
-            **options,
+            **{"privacy": "adversarial", **options},
         )
+
+
+def test_reset_starts_a_fresh_decoder_that_must_learn_again() -> None:
+    acts, targets = _leaky_data()
+    attacker = OnlineAttacker(acts, targets, width=16, seed=0)
+    noise = NoiseTransform((2, 4, 4), smax=4.0, granularity="channel", rho_init=-4.0, seed=1)
+    fresh = [p.detach().clone() for p in attacker.decoder.parameters()]
+    rels = [attacker.privacy_term(noise)[1] for _ in range(60)]
+    trained = attacker.decoder
+    attacker.reset(0)
+    assert attacker.decoder is not trained
+    # the same seed gives the same initial decoder; its optimiser is new (no momentum carried over)
+    assert all(torch.equal(a, b) for a, b in zip(fresh, attacker.decoder.parameters(), strict=True))
+    assert not attacker.opt.state
+    again = attacker.privacy_term(noise)[1]
+    assert again > 0.8 > rels[-1]  # back near the floor: what it had learned is gone
 
 
 def test_tiny_adversarial_run_logs_the_attack_and_resumes(
     weights: Path, shared_dir: Path, tmp_path: Path
 ) -> None:
     # adversary_size: the full input size (default: half of it)
-    cfg = tiny_adversarial(weights, shared_dir, "channel", adversary_size=256)
+    cfg = tiny_adversarial(weights, shared_dir, "channel", adversary_size=256, adversary_reset=10)
     out = tmp_path / "adv"
     assert train(cfg, out, progress=False, stop_after=10) == {"stopped_at": 10}
     state = torch.load(tmp_path / ".adv.work/checkpoint.pt", weights_only=True)

@@ -61,6 +61,7 @@ class TrainConfig:
     adversary_photos: int = 256  # photos the online decoder learns from (2000: worse in one run)
     adversary_steps: int = 1  # decoder updates per training step (a stronger chaser)
     adversary_size: int = 0  # input size the online decoder attacks; 0: half of input_size (cheaper)
+    adversary_reset: int = 0  # start a fresh online decoder every N steps (0: never)
     model: str = "faceboxes"
     split: str = "inception3"
     train_tail: bool = True
@@ -122,6 +123,10 @@ class TrainConfig:
                 f"--adversary-size must be between 32 and the input size ({self.input_size}), "
                 f"got {self.adversary_size}"
             )
+        if self.adversary_reset < 0:
+            raise InputError(f"--adversary-reset must be >= 0 (0: never), got {self.adversary_reset}")
+        if self.adversary_reset and self.privacy != "adversarial":
+            raise InputError("--adversary-reset restarts the online decoder: it needs --privacy adversarial")
         if self.adversary_steps < 1:
             raise InputError(f"--adversary-steps must be >= 1, got {self.adversary_steps}")
         if not 0.0 <= self.scene_fraction <= 1.0:
@@ -286,6 +291,8 @@ def train(
             task = distillation_loss(loc, conf, cache.face_prob[idx], cache.loc[idx], cfg.distill_weights)
         priv = privacy_loss(noise, channel_std, per_request=cfg.privacy_pool == "request")
         attack_vs_floor = float("nan")
+        if attacker is not None and cfg.adversary_reset and step and step % cfg.adversary_reset == 0:
+            attacker.reset(cfg.seed + rank + step)
         if attacker is not None:
             term, attack_vs_floor = attacker.privacy_term(noise)
             priv = priv + cfg.adversary_weight * term

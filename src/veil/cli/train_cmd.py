@@ -99,6 +99,9 @@ def train(
     adversary_size: int = typer.Option(
         0, help="Input size the online decoder attacks (adversarial); 0 = half of --size, cheaper."
     ),
+    adversary_reset: int = typer.Option(
+        0, help="Start a fresh online decoder every N steps (adversarial); 0 = never."
+    ),
     smax_factor: float = typer.Option(
         8.0, help="Noise cap: sigma never exceeds this many times the activations' std."
     ),
@@ -141,6 +144,7 @@ def train(
         adversary_photos=adversary_photos,
         adversary_steps=adversary_steps,
         adversary_size=adversary_size,
+        adversary_reset=adversary_reset,
         smax_factor=smax_factor,
         suppress_factor=suppress_factor,
     )
