@@ -13,7 +13,7 @@ from torch import nn
 from conftest import TINY_TRAIN, run_veil
 from veil.adversary import OnlineAttacker
 from veil.artifact import load_transform
-from veil.errors import SplitPointError, TransformError
+from veil.errors import InputError, SplitPointError, TransformError
 from veil.models.faceboxes import Inception
 from veil.noise import NoiseTransform
 from veil.split import split_block
@@ -32,6 +32,13 @@ def test_split_block_recomposes_the_head(faceboxes: nn.Module) -> None:
         split_block(faceboxes, "rdcl")
     with pytest.raises(SplitPointError, match="valid split points"):
         split_block(faceboxes, "conv4")
+    # two blocks: inception2 and inception3 are fine-tuned, the head up to inception1 stays frozen
+    pre2, block2 = split_block(faceboxes, "inception3", blocks=2)
+    with torch.no_grad():
+        assert torch.equal(block2(pre2(x)), head(x))
+    assert block2[0] is faceboxes.inception2 and block2[1] is faceboxes.inception3
+    with pytest.raises(SplitPointError, match="from 1 to 3"):
+        split_block(faceboxes, "inception3", blocks=4)
 
 
 def test_privacy_term_reaches_the_encoder_and_not_the_decoder() -> None:
@@ -104,6 +111,36 @@ def test_pipeline_runs_the_transforms_head(trained_head: Path, weights: Path, fa
         assert torch.allclose(transform_head(weights, tr)(x), mine, atol=1e-5)
         loc, conf = det.tail(det.noise(mine))
     assert loc.shape[-1] == 4 and torch.isfinite(conf).all()
+
+
+def test_two_fine_tuned_blocks_are_stored_and_run(
+    weights: Path, shared_dir: Path, tmp_path: Path, faceboxes: nn.Module
+) -> None:
+    from veil.pipeline import load_pipeline
+
+    base = dict(weights=str(weights), images=[str(shared_dir / "data/lfw/train")], alpha=0.5)
+    with pytest.raises(InputError, match="add --train-head"):
+        TrainConfig(**base, head_blocks=2)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="between 1 and 3"):
+        TrainConfig(**base, train_head=True, head_blocks=4)  # type: ignore[arg-type]
+    cfg = TrainConfig(
+        **base,  # type: ignore[arg-type]
+        granularity="channel",
+        train_head=True,
+        head_blocks=2,
+        lr_head=1e-2,
+        **(TINY_TRAIN | {"steps": 10}),  # type: ignore[arg-type]
+    )
+    train(cfg, tmp_path / "t2", progress=False)
+    tr = load_transform(tmp_path / "t2", weights)
+    assert tr.head_state is not None
+    assert {k.split(".")[1] for k in tr.head_state} == {"2", "3"}  # inception2 and inception3
+    det = load_pipeline(weights, tr)
+    base_head, _ = faceboxes.split("inception3")
+    x = det.preprocess([torch.randint(0, 255, (3, 160, 160), dtype=torch.uint8)]).tensor
+    with torch.no_grad():
+        assert torch.equal(det.head.stages[:2](x), base_head.stages[:2](x))  # RDCL + inception1 frozen
+        assert not torch.allclose(det.head.stages[:3](x), base_head.stages[:3](x), atol=1e-4)
 
 
 def test_head_flag_and_tensors_must_agree(trained_head: Path, tmp_path: Path) -> None:

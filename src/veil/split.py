@@ -62,8 +62,8 @@ class SplitModel(nn.Module):
         return self.tail(self.release(x))
 
 
-def split_block(model: nn.Module, at: str) -> tuple[nn.Module, nn.Module]:
-    """(head up to the previous split point, the block between it and ``at``).
+def split_block(model: nn.Module, at: str, blocks: int = 1) -> tuple[nn.Module, nn.Module]:
+    """(head up to ``blocks`` split points before ``at``, the blocks between it and ``at``).
 
     ``block(pre(x)) == head(x)``, sharing ``model``'s parameters: training fine-tunes the head's last
     block through ``block`` while ``pre`` stays frozen (and its outputs can be cached).
@@ -77,7 +77,12 @@ def split_block(model: nn.Module, at: str) -> tuple[nn.Module, nn.Module]:
             f"nothing precedes split point {at!r}, so its head has no earlier part to keep frozen: "
             f"fine-tune the head at a later split ({', '.join(points[1:])})"
         )
-    pre, _ = split(model, points[i - 1])
+    if not 1 <= blocks <= i:
+        raise SplitPointError(
+            f"split point {at!r} has {i} fine-tunable block(s) before it (the first stays frozen): "
+            f"choose a block count from 1 to {i}, got {blocks}"
+        )
+    pre, _ = split(model, points[i - blocks])
     head, _ = split(model, at)
     stages_pre, stages = (getattr(m, "stages", m) for m in (pre, head))
     if not isinstance(stages, nn.Sequential) or not isinstance(stages_pre, nn.Sequential):

@@ -66,6 +66,7 @@ class TrainConfig:
     split: str = "inception3"
     train_tail: bool = True
     train_head: bool = False  # also fine-tune the head's last block (the one just before the split)
+    head_blocks: int = 1  # with train_head: how many blocks before the split are fine-tuned
     granularity: Granularity = "element"
     input_size: int = 1024
     samples: int = 256
@@ -118,6 +119,16 @@ class TrainConfig:
                 f"--train-head fine-tunes the block before the split, and nothing precedes {self.split!r}: "
                 "use a later split (e.g. --split inception3)"
             )
+        if self.head_blocks != 1 and not self.train_head:
+            raise InputError("--head-blocks sets how much --train-head fine-tunes: add --train-head")
+        points = get_spec(self.model).split_points
+        if self.train_head and self.split in points:
+            n = points.index(self.split)
+            if not 1 <= self.head_blocks <= n:
+                raise InputError(
+                    f"--head-blocks must be between 1 and {n} for --split {self.split} "
+                    f"(the head's first block stays frozen), got {self.head_blocks}"
+                )
         if self.adversary_size and not 32 <= self.adversary_size <= self.input_size:
             raise InputError(
                 f"--adversary-size must be between 32 and the input size ({self.input_size}), "
@@ -227,7 +238,7 @@ def train(
     spec = get_spec(cfg.model)
     model = create_model(cfg.model, cfg.weights)
     head, tail = split_model(model, cfg.split)
-    pre, block = split_block(model, cfg.split) if cfg.train_head else (head, None)
+    pre, block = split_block(model, cfg.split, cfg.head_blocks) if cfg.train_head else (head, None)
     cache = prepare_cache(cfg, pre, tail, rank, world, progress and rank == 0, block)
     released_shape = tuple(cache.activations.shape[1:])
     if block is not None:

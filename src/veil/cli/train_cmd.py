@@ -74,6 +74,9 @@ def train(
     train_head: bool = typer.Option(
         False, "--train-head", help="Also fine-tune the head's last block (the client then runs it)."
     ),
+    head_blocks: int = typer.Option(
+        1, help="With --train-head: how many blocks before the split to fine-tune (the first stays frozen)."
+    ),
     granularity: str = typer.Option(
         "element",
         help="element (per-element sigma), channel (shift-invariant) or conditional (sigma predicted "
@@ -125,6 +128,7 @@ def train(
         split=split,
         train_tail=train_tail,
         train_head=train_head,
+        head_blocks=head_blocks,
         steps=steps,
         samples=samples,
         batch_size=batch_size,
