@@ -47,7 +47,9 @@ class OnlineAttacker:
         if activations.shape[0] != targets.shape[0] or activations.shape[0] < 2:
             raise InputError("the online attacker needs at least two photos with activations and targets")
         self.activations, self.targets, self.encoder = activations, to_unit(targets), encoder
-        self.width, self.lr = width, lr
+        released = self._encode(activations[:2]).detach()
+        self.decoder_shape = (released.shape[1], released.shape[-1], targets.shape[-1], width)
+        self.lr = lr
         self.reset(seed)
         self.clean_mean = activations.mean((0, 2, 3), keepdim=True)
         self.clean_var = activations.var((0, 2, 3), keepdim=True)
@@ -61,10 +63,9 @@ class OnlineAttacker:
         A decoder that has chased the transform for a whole run can sit in a blind spot the transform
         learned to exploit; restarting it now and then makes the transform beat fresh learners.
         """
-        released = self._encode(self.activations[:2]).detach()
         with torch.random.fork_rng():  # the same decoder for the same seed, whatever ran before
             torch.manual_seed(seed)
-            self.decoder = Decoder(released.shape[1], released.shape[-1], self.targets.shape[-1], self.width)
+            self.decoder = Decoder(*self.decoder_shape)
         self.opt = torch.optim.Adam(self.decoder.parameters(), lr=self.lr)
 
     def privacy_term(self, noise: NoiseTransform) -> tuple[Tensor, float]:

@@ -114,21 +114,20 @@ class TrainConfig:
             )
         if self.labels_part not in PARTS:
             raise InputError(f"--labels-part must be one of {', '.join(PARTS)}, got {self.labels_part!r}")
-        if self.train_head and self.split == get_spec(self.model).split_points[0]:
+        if self.head_blocks != 1 and not self.train_head:
+            raise InputError("--head-blocks sets how much --train-head fine-tunes: add --train-head")
+        points = get_spec(self.model).split_points
+        n = points.index(self.split) if self.train_head and self.split in points else -1
+        if n == 0:
             raise InputError(
                 f"--train-head fine-tunes the block before the split, and nothing precedes {self.split!r}: "
                 "use a later split (e.g. --split inception3)"
             )
-        if self.head_blocks != 1 and not self.train_head:
-            raise InputError("--head-blocks sets how much --train-head fine-tunes: add --train-head")
-        points = get_spec(self.model).split_points
-        if self.train_head and self.split in points:
-            n = points.index(self.split)
-            if not 1 <= self.head_blocks <= n:
-                raise InputError(
-                    f"--head-blocks must be between 1 and {n} for --split {self.split} "
-                    f"(the head's first block stays frozen), got {self.head_blocks}"
-                )
+        if n > 0 and not 1 <= self.head_blocks <= n:
+            raise InputError(
+                f"--head-blocks must be between 1 and {n} for --split {self.split} "
+                f"(the head's first block stays frozen), got {self.head_blocks}"
+            )
         if self.adversary_size and not 32 <= self.adversary_size <= self.input_size:
             raise InputError(
                 f"--adversary-size must be between 32 and the input size ({self.input_size}), "
