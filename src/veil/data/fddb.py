@@ -12,7 +12,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from veil.data.labels import LabeledDataset, LabeledImage, check_image_files, rows_to_array
+from veil.data.labels import (
+    LabeledDataset,
+    LabeledImage,
+    check_image_files,
+    read_face_count,
+    rows_to_array,
+)
 from veil.errors import DatasetError
 
 _FOLD_RE = re.compile(r"^FDDB-fold-(\d+)\.txt$")
@@ -110,14 +116,7 @@ def _parse_ellipse_list(
             where = f"{fold_path}:{exp_line}"
             raise DatasetError(f"{path}:{i}: image {name!r} does not match {where} {exp_name!r}")
         count_line = i + 1
-        count_s = lines[i].strip() if i < len(lines) else ""
-        try:
-            count = int(count_s)
-        except ValueError:
-            msg = f"expected a face count (integer), got {count_s!r}"
-            raise DatasetError(f"{path}:{count_line}: {msg}") from None
-        if count < 0:
-            raise DatasetError(f"{path}:{count_line}: face count must be >= 0, got {count}")
+        count = read_face_count(lines, i, path)
         i += 1
         start = len(rows)
         for got in range(count):

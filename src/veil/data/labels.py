@@ -200,3 +200,16 @@ def rows_to_array(rows: list[list[str]], row_lines: list[int], path: pathlib.Pat
     if bad.any():
         raise DatasetError(f"{path}:{row_lines[int(np.argmax(bad))]}: values must be finite")
     return values
+
+
+def read_face_count(lines: Sequence[str], i: int, path: pathlib.Path) -> int:
+    """The face count on ``lines[i]`` (both FDDB and WIDER files give one after each image's name)."""
+    count_s = lines[i].strip() if i < len(lines) else ""
+    try:
+        count = int(count_s)
+    except ValueError:
+        msg = f"expected a face count (integer), got {count_s!r}"
+        raise DatasetError(f"{path}:{i + 1}: {msg}") from None
+    if count < 0:
+        raise DatasetError(f"{path}:{i + 1}: face count must be >= 0, got {count}")
+    return count

@@ -10,7 +10,13 @@ import pathlib
 
 import numpy as np
 
-from veil.data.labels import LabeledDataset, LabeledImage, check_image_files, rows_to_array
+from veil.data.labels import (
+    LabeledDataset,
+    LabeledImage,
+    check_image_files,
+    read_face_count,
+    rows_to_array,
+)
 from veil.errors import DatasetError
 
 SPLIT_DIR = "wider_face_split"
@@ -60,15 +66,8 @@ def _parse_gt(path: pathlib.Path) -> list[tuple[str, np.ndarray]]:
         if "/" not in rel or not rel.lower().endswith((".jpg", ".jpeg", ".png")):
             msg = f"expected an image path like 'event/name.jpg', got {rel!r}"
             raise DatasetError(f"{path}:{path_line}: {msg}")
-        count_s = lines[i].strip() if i < len(lines) else ""
         count_line = i + 1
-        try:
-            count = int(count_s)
-        except ValueError:
-            msg = f"expected a face count (integer), got {count_s!r}"
-            raise DatasetError(f"{path}:{count_line}: {msg}") from None
-        if count < 0:
-            raise DatasetError(f"{path}:{count_line}: face count must be >= 0, got {count}")
+        count = read_face_count(lines, i, path)
         i += 1
         if count == 0 and i < len(lines) and _is_numeric_line(lines[i]):
             i += 1  # the official files follow a count of 0 with one placeholder row of zeros
