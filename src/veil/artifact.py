@@ -9,6 +9,7 @@ transform meant for another model instead of silently producing garbage.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
@@ -53,6 +55,31 @@ class Transform:
         return str(self.meta["split"])
 
 
+def _digest(tensors: dict[str, Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        value = tensors[key].detach().contiguous().cpu()
+        h.update(f"{key}:{value.dtype}:{tuple(value.shape)};".encode())
+        h.update(value.view(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return h.hexdigest()
+
+
+def release_tensors(noise: NoiseTransform, head_state: dict[str, Tensor] | None) -> dict[str, Tensor]:
+    """What decides the released tensor's distribution: the noise and any fine-tuned head block."""
+    tensors = {f"noise.{k}": v for k, v in noise.state_dict().items()}
+    tensors.update({f"head.{k}": v for k, v in (head_state or {}).items()})
+    return tensors
+
+
+def release_digest(tr: Transform) -> str:
+    """SHA-256 of what the client releases (noise + fine-tuned head, not the server's tail).
+
+    Two transforms with the same digest send identically distributed tensors, so one privacy audit covers
+    both, e.g. a transform and its tail re-tuned with ``veil tune-tail``.
+    """
+    return _digest(release_tensors(tr.noise, tr.head_state))
+
+
 def save_transform(
     out: str | Path,
     noise: NoiseTransform,
@@ -86,6 +113,7 @@ def save_transform(
                 "suppressed_fraction": noise.suppressed_fraction,
                 "mean_sigma": float(noise.mean_sigma().detach()),
                 "tensors_sha256": sha256_file(tmp / TENSORS),
+                "release_sha256": _digest(release_tensors(noise, head_state)),
             }
         )
         (tmp / META).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

@@ -14,7 +14,6 @@ carrying what rebuilds a face. Works under ``torchrun`` (DDP; gloo on CPU).
 from __future__ import annotations
 
 import csv
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,9 +33,10 @@ from veil.losses import DISTILL_WEIGHTS, distillation_loss, privacy_loss
 from veil.models import create_model, get_spec, split_model
 from veil.models.checkpoint import sha256_file
 from veil.multibox import multibox_loss
-from veil.noise import Granularity, NoiseTransform, snr_db
+from veil.noise import Granularity, NoiseTransform
 from veil.split import split_block
-from veil.train_cache import Cache, prepare_cache
+from veil.train_cache import Cache, cache_metrics, encode, prepare_cache
+from veil.train_init import start_from
 
 
 @dataclass
@@ -80,6 +80,8 @@ class TrainConfig:
     suppress_from: float = 0.7  # ... from this fraction of the steps on (the rest adapts to the mask)
     seed: int = 0
     log_every: int = 10
+    init: str = ""  # start from this transform directory (its noise, fine-tuned head and tail)
+    freeze_release: bool = False  # with init: only the tail learns; what the client sends stays the same
 
     def __post_init__(self) -> None:
         """Refuse option values the run would otherwise silently ignore (CLI and library alike)."""
@@ -142,6 +144,10 @@ class TrainConfig:
         if not 0.0 <= self.scene_fraction <= 1.0:
             raise InputError(f"--scene-fraction must be in [0, 1], got {self.scene_fraction}")
         check_grids(self.mosaic_grids, self.input_size)
+        if self.freeze_release and not (self.init and self.train_tail):
+            raise InputError(
+                "freezing the release leaves only the tail to train: it needs --init DIR and --train-tail"
+            )
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -156,7 +162,7 @@ def _privacy_setup(
 ) -> tuple[Tensor | None, OnlineAttacker | None]:
     """What the privacy term needs beyond sigma: channel stds ("relative") or an online attacker."""
     if cfg.privacy == "relative":
-        acts = cache.activations if block is None else _encode(block, cache.activations)
+        acts = cache.activations if block is None else encode(block, cache.activations)
         channel_std = acts.std(dim=(0, 2, 3)).clamp_min(1e-3).view(-1, 1, 1)
         if world > 1:
             dist.all_reduce(channel_std)
@@ -189,12 +195,6 @@ def _block_state(head: nn.Module, block: nn.Module) -> dict[str, Tensor]:
     """The head's entries that live in the fine-tuned block (the rest equals the base weights)."""
     mine = {id(t) for t in block.state_dict(keep_vars=True).values()}
     return {k: v.detach() for k, v in head.state_dict(keep_vars=True).items() if id(v) in mine}
-
-
-@torch.no_grad()
-def _encode(block: nn.Module, acts: Tensor, batch: int = 32) -> Tensor:
-    """The trainable block's current outputs for cached activations (statistics, metrics)."""
-    return torch.cat([block(acts[i : i + batch]) for i in range(0, acts.shape[0], batch)])
 
 
 class _Trainable(nn.Module):
@@ -244,7 +244,7 @@ def train(
         block.eval()  # frozen BatchNorm statistics, as for the tail
         with torch.no_grad():
             released_shape = tuple(block(cache.activations[:1]).shape[1:])
-    act_std = float((cache.activations if block is None else _encode(block, cache.activations)).std())
+    act_std = float((cache.activations if block is None else encode(block, cache.activations)).std())
     if world > 1:  # every rank must build the same noise (same smax), or DDP replicas diverge
         std = torch.tensor([act_std])
         dist.all_reduce(std)
@@ -256,11 +256,23 @@ def train(
         granularity=cfg.granularity,
         seed=None,
     )
-    channel_std, attacker = _privacy_setup(cfg, pre, cache, rank, world, progress and rank == 0, block)
+    origin: dict[str, str] | None = None
+    if cfg.init:
+        noise, origin = start_from(cfg, head, tail, released_shape)
+    trained_block = block
+    if cfg.freeze_release:  # nothing before the tail learns: cache the released block's outputs once
+        if block is not None:
+            cache.activations = encode(block, cache.activations)
+            block.requires_grad_(False)
+        channel_std, attacker, block = None, None, None
+    else:
+        channel_std, attacker = _privacy_setup(cfg, pre, cache, rank, world, progress and rank == 0, block)
     tail.requires_grad_(cfg.train_tail)
     module = _Trainable(noise, tail, block)
     module.tail.eval()  # frozen BatchNorm statistics: fine-tuning must not drift them
-    groups: list[dict[str, Any]] = [{"params": list(noise.parameters()), "lr": cfg.lr_noise}]
+    groups: list[dict[str, Any]] = []
+    if not cfg.freeze_release:
+        groups.append({"params": list(noise.parameters()), "lr": cfg.lr_noise})
     if cfg.train_tail:
         groups.append({"params": [p for p in tail.parameters() if p.requires_grad], "lr": cfg.lr_tail})
     if block is not None:
@@ -289,7 +301,7 @@ def train(
     bar = tqdm(range(start, cfg.steps), desc=f"training alpha={cfg.alpha}", disable=not progress or rank > 0)
     suppress_at = int(cfg.steps * cfg.suppress_from)
     for step in bar:
-        if step == suppress_at and not noise.conditional:
+        if step == suppress_at and not noise.conditional and not cfg.freeze_release:
             # From here on, suppressed elements are the constant mu during training too, so the tail
             # learns to work with exactly what inference will send (not with noise it will never see).
             noise.suppress_above(cfg.suppress_factor * noise.smax)
@@ -321,7 +333,7 @@ def train(
             log_file.close()
             return {"stopped_at": step + 1}
     log_file.close()
-    metrics = _final_metrics(noise, tail, cache, block)
+    metrics = cache_metrics(noise, tail, cache, block, set_typical=not cfg.freeze_release)
     metrics["train_seconds"] = time.perf_counter() - t0
     metrics["rank"] = rank
     if rank == 0:
@@ -344,8 +356,10 @@ def train(
             },
             "metrics": metrics,
         }
+        if origin is not None:
+            meta["init_from"] = origin
         tail_state = dict(tail.state_dict()) if cfg.train_tail else None
-        head_state = _block_state(head, block) if block is not None else None
+        head_state = _block_state(head, trained_block) if trained_block is not None else None
         save_transform(out, noise, meta, tail_state=tail_state, head_state=head_state)
         os.replace(log_path, out / "train_log.csv")
         ckpt.unlink(missing_ok=True)
@@ -358,30 +372,3 @@ def train(
     if rank == 0 and work.is_dir() and not any(work.iterdir()):
         work.rmdir()
     return metrics
-
-
-@torch.no_grad()
-def _final_metrics(
-    noise: NoiseTransform, tail: nn.Module, cache: Cache, block: nn.Module | None = None
-) -> dict[str, Any]:
-    """Mean sigma, SNR of the released tensor and agreement with the clean model on the cache."""
-    noise.eval()
-    acts = cache.activations[:32] if block is None else _encode(block, cache.activations[:32])
-    released = noise(acts)
-    _loc, conf = tail(released)
-    prob = conf.softmax(-1)[..., 1]
-    t = cache.face_prob[:32]
-    pos = t > 0.5
-    recall = float(((prob > 0.5) & pos).sum() / pos.sum().clamp_min(1))
-    if noise.conditional:  # what reports quote: the mean sigma over the cached training activations
-        with torch.no_grad():
-            noise.typical_sigma.copy_(noise.sigma(acts).mean())
-    mean_sigma = float(noise.mean_sigma())
-    return {
-        "mean_sigma": mean_sigma,
-        "snr_db": snr_db(acts, released),
-        "suppressed_fraction": noise.suppressed_fraction,
-        "clean_positive_recall": recall,
-        "score_mae": float((prob - t).abs().mean()),
-        "log_mean_sigma": math.log(mean_sigma),
-    }

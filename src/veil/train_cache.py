@@ -6,14 +6,16 @@ is what makes the fine-tune pass affordable on a CPU.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from veil.imageio import preprocess
+from veil.noise import NoiseTransform, snr_db
 
 if TYPE_CHECKING:
     from veil.train import TrainConfig
@@ -83,3 +85,46 @@ def prepare_cache(
         grids=cfg.mosaic_grids,
     )
     return build_cache(head, tail, images[rank::world], cfg.input_size, progress, block)
+
+
+@torch.no_grad()
+def encode(block: nn.Module, acts: Tensor, batch: int = 32) -> Tensor:
+    """The trainable block's current outputs for cached activations (statistics, metrics)."""
+    return torch.cat([block(acts[i : i + batch]) for i in range(0, acts.shape[0], batch)])
+
+
+@torch.no_grad()
+def cache_metrics(
+    noise: NoiseTransform,
+    tail: nn.Module,
+    cache: Cache,
+    block: nn.Module | None = None,
+    set_typical: bool = True,
+) -> dict[str, Any]:
+    """Mean sigma, SNR of the released tensor and agreement with the clean model on the cache.
+
+    ``set_typical`` (conditional noise): store the mean sigma over these activations in the transform;
+    off when the release is frozen, which must leave every noise tensor as it was.
+    """
+    noise.eval()
+    acts = cache.activations[:32] if block is None else encode(block, cache.activations[:32])
+    released = noise(acts)
+    _loc, conf = tail(released)
+    prob = conf.softmax(-1)[..., 1]
+    t = cache.face_prob[:32]
+    pos = t > 0.5
+    recall = float(((prob > 0.5) & pos).sum() / pos.sum().clamp_min(1))
+    if (
+        noise.conditional and set_typical
+    ):  # what reports quote: the mean sigma over the cached training activations
+        with torch.no_grad():
+            noise.typical_sigma.copy_(noise.sigma(acts).mean())
+    mean_sigma = float(noise.mean_sigma())
+    return {
+        "mean_sigma": mean_sigma,
+        "snr_db": snr_db(acts, released),
+        "suppressed_fraction": noise.suppressed_fraction,
+        "clean_positive_recall": recall,
+        "score_mae": float((prob - t).abs().mean()),
+        "log_mean_sigma": math.log(mean_sigma),
+    }

@@ -6,7 +6,17 @@ import sys
 
 import typer
 
-from veil.cli import audit_cmd, demo_cmd, detect_cmd, eval_cmd, export_cmd, k8s_cmd, serve_cmd, train_cmd
+from veil.cli import (
+    audit_cmd,
+    demo_cmd,
+    detect_cmd,
+    eval_cmd,
+    export_cmd,
+    k8s_cmd,
+    serve_cmd,
+    train_cmd,
+    tune_cmd,
+)
 from veil.errors import VeilError
 
 app = typer.Typer(
@@ -21,6 +31,7 @@ app.command("detect")(detect_cmd.detect)
 app.command("audit")(audit_cmd.audit)
 app.command("train")(train_cmd.train)
 app.command("sweep")(train_cmd.sweep)
+app.command("tune-tail")(tune_cmd.tune_tail)
 app.add_typer(eval_cmd.app, name="eval")
 app.command("serve")(serve_cmd.serve)
 app.add_typer(export_cmd.app, name="export")

@@ -1,0 +1,109 @@
+"""One point of the privacy-utility frontier per transform: AP retained and the full-budget attacker.
+
+    python scripts/frontier_point.py DIR [DIR ...] [--draws 3] [--attack] [--out reports/frontier]
+
+AP retained (mean of ``--draws`` noise draws) on the street scenes' held-out half, the FDDB sample and the
+WIDER sample; with ``--attack``, the audit's K = 1 reconstruction attacker at its default budget (1,500
+steps at the transform's own input size) trained on ``lfw/attack`` and scored on ``lfw/test`` — the
+"SSIM K=1" column of docs/privacy.md's frontier tables, without the rest of ``veil audit`` (K = 4/16,
+linkage, clean baselines). Attack results are kept by the transform's release digest in
+``OUT/attacks.json``: a transform that releases exactly what an audited one does (``veil tune-tail``)
+reuses its number instead of training a new attacker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from veil.artifact import load_transform, release_digest
+from veil.audit import AttackConfig, NoiseSpec, score, train_attacker
+from veil.audit.attack import ImageSet, head_activations
+from veil.audit.metrics import ssim, to_unit
+from veil.data import load_dataset
+from veil.imageio import atomic_write_bytes, list_images
+from veil.pipeline import transform_head
+from veil.sweep import evaluate_transform
+
+SHARED = Path(os.environ.get("VEIL_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+SETS = ("mask-scenes:test", "fddb-sample", "widerface-sample")
+
+
+def ap_retained(weights: Path, transform: Path, draws: int, clean: dict[str, float]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for spec in SETS:
+        name, _, part = spec.partition(":")
+        data = load_dataset(SHARED / "data" / name).part(part or "all")
+        if spec not in clean:
+            clean[spec] = evaluate_transform(weights, None, data, 1).ap
+        row = evaluate_transform(weights, transform, data, draws, clean_ap=clean[spec])
+        out[spec] = {"ap": row.ap, "ap_std": row.ap_std, "retained": row.retained, "snr_db": row.snr_db}
+    return out
+
+
+def attack(weights: Path, transform: Path, steps: int, seed: int) -> dict[str, Any]:
+    tr = load_transform(transform, weights)
+    cfg = AttackConfig(steps=steps, seed=seed, input_size=int(tr.meta["input_size"][0]))
+    head = transform_head(weights, tr)
+    aux = ImageSet.load(list_images(SHARED / "data/lfw/attack"), cfg.output_size, "aux")
+    test = ImageSet.load(list_images(SHARED / "data/lfw/test"), cfg.output_size, "test")
+    a = head_activations(head, aux.images, cfg.input_size, desc="aux activations")
+    e = head_activations(head, test.images, cfg.input_size, desc="test activations")
+    spec = NoiseSpec.of(tr.noise, a.shape[1:])
+    attacker = train_attacker(a, aux.targets, aux.paths, spec, cfg, f"attack {transform.name}")
+    s, p = score(attacker, e, test.targets, k=1, seed=cfg.seed + 101)
+    mean = to_unit(aux.targets).mean(0, keepdim=True)
+    floor = float(ssim(mean.expand_as(to_unit(test.targets)), to_unit(test.targets)).mean())
+    return {
+        "ssim": float(s.mean()),
+        "psnr": float(p.mean()),
+        "floor": floor,
+        "converged": attacker.converged,
+        "plateau_gain": attacker.plateau_gain,
+        "steps": steps,
+        "input_size": cfg.input_size,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("transforms", nargs="+", type=Path)
+    ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--attack", action="store_true", help="also train the K = 1 full-budget attacker")
+    ap.add_argument("--no-ap", action="store_true", help="skip the AP measurement")
+    ap.add_argument("--steps", type=int, default=AttackConfig.steps)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path("reports/frontier"))
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("VEIL_THREADS", "2")))
+    weights = SHARED / "weights/faceboxes/FaceBoxes.pth"
+    args.out.mkdir(parents=True, exist_ok=True)
+    store = args.out / "attacks.json"
+    attacks: dict[str, Any] = json.loads(store.read_text()) if store.is_file() else {}
+    clean: dict[str, float] = {}
+    for path in args.transforms:
+        digest = release_digest(load_transform(path, weights))
+        row: dict[str, Any] = {"transform": str(path), "release_sha256": digest}
+        if not args.no_ap:
+            row["ap"] = ap_retained(weights, path, args.draws, clean)
+        if args.attack:
+            key = f"{digest}:{args.steps}:{args.seed}"
+            if key not in attacks:
+                attacks[key] = attack(weights, path, args.steps, args.seed) | {"first_seen": str(path)}
+                atomic_write_bytes(store, (json.dumps(attacks, indent=2) + "\n").encode())
+            row["attack"] = attacks[key]
+        name = path.name
+        atomic_write_bytes(args.out / f"{name}.json", (json.dumps(row, indent=2) + "\n").encode())
+        cells = [f"{100 * row['ap'][s]['retained']:.1f}" for s in SETS] if "ap" in row else ["–"] * 3
+        att = row.get("attack")
+        ssim_cell = "–" if att is None else f"{att['ssim']:.3f}{'' if att['converged'] else ' (rising)'}"
+        print(f"| {name} | {' / '.join(cells)} % | {ssim_cell} | {digest[:12]} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

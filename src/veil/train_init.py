@@ -1,0 +1,74 @@
+"""Start a training run from an existing transform, optionally with its release frozen.
+
+What an attacker can recover depends only on what leaves the client: the head (with any fine-tuned
+block) and the noise. The tail runs on the server and never changes what is sent. So a transform whose
+release is frozen (``freeze_release``) keeps its privacy audit exactly, while its tail keeps learning to
+read that release: accuracy can be bought back after the fact, for as many steps and from as much data as
+the user can afford, without touching the privacy the audit measured.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import nn
+
+from veil.artifact import Transform, load_transform, release_digest
+from veil.errors import TransformError
+from veil.noise import NoiseTransform
+
+if TYPE_CHECKING:
+    from veil.train import TrainConfig
+
+
+def check_source(cfg: TrainConfig, tr: Transform, released_shape: tuple[int, ...]) -> None:
+    """Refuse a source transform whose split, noise or head does not match this run, with the fix."""
+    where = f"--init {tr.path}"
+    own_size = int((tr.meta.get("input_size") or [0])[0])
+    mismatches = [
+        ("split", tr.split, cfg.split, "--split"),
+        ("granularity", tr.noise.granularity, cfg.granularity, "--granularity"),
+        ("input size", own_size, cfg.input_size, "--size"),
+        ("fine-tuned head", tr.head_state is not None, cfg.train_head, "--train-head"),
+    ]
+    if cfg.train_head:
+        own_blocks = int(tr.meta.get("train", {}).get("head_blocks", 1))
+        mismatches.append(("head blocks", own_blocks, cfg.head_blocks, "--head-blocks"))
+    for what, theirs, ours, option in mismatches:
+        if theirs != ours:
+            raise TransformError(
+                f"{where}: the transform has {what} {theirs!r} but this run asks for {ours!r}: "
+                f"set {option} to match it"
+            )
+    if tuple(tr.noise.shape) != tuple(released_shape):
+        raise TransformError(
+            f"{where}: made for activations {tuple(tr.noise.shape)}, this run releases {released_shape}"
+        )
+
+
+def start_from(
+    cfg: TrainConfig, head: nn.Module, tail: nn.Module, released_shape: tuple[int, ...]
+) -> tuple[NoiseTransform, dict[str, str]]:
+    """Load ``cfg.init`` into ``head`` (its fine-tuned block) and ``tail``; return its noise and provenance.
+
+    The returned noise keeps the source's cap, mask and OS-seeded sampling; it is trainable unless the
+    release is frozen.
+    """
+    tr = load_transform(cfg.init, cfg.weights)
+    check_source(cfg, tr, released_shape)
+    if tr.head_state is not None:
+        result = head.load_state_dict(tr.head_state, strict=False)
+        if result.unexpected_keys:
+            raise TransformError(
+                f"--init {tr.path}: its head tensors do not fit this model "
+                f"({', '.join(result.unexpected_keys[:3])}…)"
+            )
+    if tr.tail_state is not None:
+        tail.load_state_dict(tr.tail_state)
+    noise = tr.noise.train().requires_grad_(not cfg.freeze_release)
+    provenance = {
+        "path": str(tr.path),
+        "tensors_sha256": str(tr.meta.get("tensors_sha256", "")),
+        "release_sha256": release_digest(tr),
+    }
+    return noise, provenance

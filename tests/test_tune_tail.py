@@ -1,0 +1,141 @@
+"""``veil tune-tail``: the tail keeps learning while what the client releases stays bit for bit the same."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY_TRAIN, run_veil, tiny_adversarial
+from veil.artifact import load_transform, release_digest
+from veil.cli.tune_cmd import tune_config
+from veil.errors import InputError, TransformError
+from veil.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def source(weights: Path, shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny private transform with a fine-tuned head block, per-channel noise and a trained tail."""
+    out = tmp_path_factory.mktemp("tune") / "source"
+    cfg = tiny_adversarial(weights, shared_dir, "channel", train_head=True, suppress_from=0.5)
+    train(cfg, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tuned(source: Path, weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tune") / "tuned"
+    cfg = tune_config(source, weights, steps=100, samples=8, batch_size=4, lr_tail=1e-3)
+    train(dataclasses.replace(cfg, log_every=1), out, progress=False)
+    return out
+
+
+def test_release_is_unchanged_and_only_the_tail_moved(source: Path, tuned: Path, weights: Path) -> None:
+    a, b = load_transform(source, weights), load_transform(tuned, weights)
+    assert release_digest(a) == release_digest(b) == b.meta["release_sha256"] == a.meta["release_sha256"]
+    assert b.meta["init_from"]["release_sha256"] == release_digest(a)
+    for key, value in a.noise.state_dict().items():
+        assert torch.equal(value, b.noise.state_dict()[key]), key
+    assert a.head_state is not None and b.head_state is not None
+    assert all(torch.equal(v, b.head_state[k]) for k, v in a.head_state.items())
+    assert a.tail_state is not None and b.tail_state is not None
+    moved = [k for k, v in a.tail_state.items() if not torch.equal(v, b.tail_state[k])]
+    assert len(moved) > len(a.tail_state) // 4
+    # the release-deciding options come from the source, whatever the tuning run was given
+    for key in ("alpha", "split", "granularity", "train_head", "input_size"):
+        assert b.meta["train"][key] == a.meta["train"][key]
+    assert b.meta["train"]["freeze_release"] is True and b.meta["train"]["steps"] == 100
+
+
+def _task_loss(cfg: TrainConfig, tr_paths: list[Path], draws: int = 6) -> list[float]:
+    """Distillation loss of each transform's tail on ``cfg``'s training samples, same release draws."""
+    from veil.losses import distillation_loss
+    from veil.models import create_model, split_model
+    from veil.split import split_block
+    from veil.train_cache import encode, prepare_cache
+
+    model = create_model(cfg.model, cfg.weights).eval()
+    head, tail = split_model(model, cfg.split)
+    pre, block = split_block(model, cfg.split, cfg.head_blocks)
+    cache = prepare_cache(cfg, pre, tail, 0, 1, False, block)  # the clean model is the teacher
+    losses = []
+    for path in tr_paths:
+        tr = load_transform(path, cfg.weights)
+        head.load_state_dict(tr.head_state or {}, strict=False)
+        tail.load_state_dict(tr.tail_state or {})
+        acts = encode(block, cache.activations)
+        total = 0.0
+        with torch.no_grad():
+            for d in range(draws):
+                tr.noise._seed = 1000 + d  # the same noise draws for every tail compared
+                loc, conf = tail(tr.noise(acts))
+                total += float(distillation_loss(loc, conf, cache.face_prob, cache.loc, cfg.distill_weights))
+        losses.append(total / draws)
+    return losses
+
+
+def test_the_tail_learns_to_read_the_frozen_release(source: Path, tuned: Path, weights: Path) -> None:
+    cfg = tune_config(source, weights, steps=100, samples=8, batch_size=4, lr_tail=1e-3)
+    before, after = _task_loss(cfg, [source, tuned])
+    assert after < 0.8 * before, (before, after)
+    rows = list(csv.DictReader((tuned / "train_log.csv").open()))
+    assert len(rows) == 100
+    assert len({round(float(r["mean_sigma"]), 6) for r in rows}) == 1  # nothing moved the noise
+
+
+def test_a_changed_release_has_another_digest(source: Path, weights: Path) -> None:
+    tr = load_transform(source, weights)
+    before = release_digest(tr)
+    with torch.no_grad():
+        tr.noise.rho[0] += 1e-3
+    assert release_digest(tr) != before
+
+
+def test_freezing_needs_a_source_and_a_tail(weights: Path, shared_dir: Path, source: Path) -> None:
+    photos = [str(shared_dir / "data/lfw/train")]
+    with pytest.raises(InputError, match="--init"):
+        TrainConfig(weights=str(weights), images=photos, alpha=0.1, freeze_release=True)
+    with pytest.raises(InputError, match="--train-tail"):
+        TrainConfig(
+            weights=str(weights),
+            images=photos,
+            alpha=0.1,
+            init=str(source),
+            freeze_release=True,
+            train_tail=False,
+        )
+
+
+def test_a_source_of_another_split_is_refused(
+    weights: Path, shared_dir: Path, source: Path, tmp_path: Path
+) -> None:
+    cfg = TrainConfig(
+        weights=str(weights),
+        images=[str(shared_dir / "data/lfw/train")],
+        alpha=0.5,
+        granularity="channel",
+        split="inception2",
+        init=str(source),
+        freeze_release=True,
+        **TINY_TRAIN,  # type: ignore[arg-type]
+    )
+    with pytest.raises(TransformError, match=r"split 'inception3'.*--split"):
+        train(cfg, tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_tunes_and_refuses_bad_targets(source: Path, weights: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    base = ["tune-tail", "--weights", str(weights), "--steps", "3", "--samples", "4", "--quiet"]
+    proc = run_veil(*base, "--transform", str(source), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "release unchanged" in proc.stdout
+    assert release_digest(load_transform(out, weights)) == release_digest(load_transform(source, weights))
+    same = run_veil(*base, "--transform", str(source), "--out", str(source))
+    assert same.returncode == 2 and "must differ" in same.stderr and same.stderr.strip().count("\n") == 0
+    missing = run_veil(*base, "--transform", str(tmp_path / "nope"), "--out", str(tmp_path / "y"))
+    assert missing.returncode == 2 and "not found" in missing.stderr
+    assert missing.stderr.strip().count("\n") == 0
