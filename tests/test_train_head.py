@@ -210,3 +210,9 @@ def test_audit_attacks_what_the_transforms_head_releases(
     metrics = json.loads((tmp_path / "audit/metrics.json").read_text())
     snr = [t["sets"]["lfw/test"]["snr_db"] for t in metrics["targets"]]
     assert snr[0] is None and snr[1] is None and snr[2] is not None  # noise only on the transform
+    # the report names the release it measured, so a tail-only re-tune can be matched to it
+    from veil.artifact import release_digest
+
+    assert metrics["targets"][2]["release_sha256"] == release_digest(tr)
+    assert metrics["targets"][0]["release_sha256"] is None
+    assert f"- t: `{release_digest(tr)}`" in (tmp_path / "audit/report.md").read_text()

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from veil.artifact import Transform, load_transform
+from veil.artifact import Transform, load_transform, release_digest
 from veil.audit.attack import (
     ARCHITECTURE,
     AttackConfig,
@@ -283,6 +283,7 @@ def run_audit(
             tr = target.noise
             res.alpha, res.granularity = tr.alpha, tr.noise.granularity
             res.transform, res.mean_sigma = str(tr.path), float(tr.noise.mean_sigma())
+            res.release_sha256 = release_digest(tr)
             row = _join_sweep(_sweep_rows(Path(sweep) if sweep else None), tr)
             if row is not None:
                 res.ap, res.ap_retained = float(row["ap"]), float(row["retained"])

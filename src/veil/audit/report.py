@@ -43,6 +43,7 @@ class TargetResult:
     mean_sigma: float | None = None
     ap: float | None = None
     ap_retained: float | None = None
+    release_sha256: str | None = None  # what the client sends; shared by tail-only re-tunes
     sets: dict[str, dict[str, Any]] = field(default_factory=dict)
     linkage: dict[str, dict[str, float]] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
@@ -156,6 +157,18 @@ def markdown(result: AuditResult) -> str:
             f"{_f(tr.get('plateau_gain'))} | {'yes' if tr.get('converged') else 'NO: raise --steps'} |"
         )
     lines += ["", "## Goals", "", *_goals(result)]
+    released = [t for t in result.targets if t.kind == "transform" and t.release_sha256]
+    if released:
+        lines += [
+            "",
+            "## Releases",
+            "",
+            "What each transform sends is fixed by its release digest (noise and fine-tuned head; "
+            "`release_sha256` in transform.json). A transform with the same digest, e.g. its tail re-tuned "
+            "with `veil tune-tail`, sends identically distributed tensors, so these numbers hold for it too.",
+            "",
+        ]
+        lines += [f"- {t.name}: `{t.release_sha256}`" for t in released]
     lines += ["", "![reconstructions](reconstructions.png)", "", "![trade-off](tradeoff.png)", ""]
     if result.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in result.notes] + [""]
