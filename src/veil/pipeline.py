@@ -16,6 +16,7 @@ from veil.artifact import Transform, load_transform
 from veil.detect import Detector, PostProcess
 from veil.errors import TransformError
 from veil.models import create_model, get_spec, split_model
+from veil.models.adapter import fit_tail
 
 
 def load_pipeline(
@@ -90,6 +91,8 @@ def _load_part(module: nn.Module, state: dict[str, torch.Tensor] | None, what: s
     """
     if state is None:
         return
+    if what == "tail":
+        fit_tail(module, state)  # a server-side adapter, if the transform trained one
     try:
         _, unexpected = module.load_state_dict(state, strict=what == "tail")
     except RuntimeError as exc:

@@ -31,6 +31,7 @@ from veil.data.images import GRID_CHOICES, check_grids
 from veil.errors import InputError
 from veil.losses import DISTILL_WEIGHTS, distillation_loss, privacy_loss
 from veil.models import create_model, get_spec, split_model
+from veil.models.adapter import attach_adapter
 from veil.models.checkpoint import sha256_file
 from veil.multibox import multibox_loss
 from veil.noise import Granularity, NoiseTransform
@@ -80,6 +81,7 @@ class TrainConfig:
     suppress_from: float = 0.7  # ... from this fraction of the steps on (the rest adapts to the mask)
     seed: int = 0
     log_every: int = 10
+    tail_adapter: int = 0  # residual blocks a server-side adapter puts before the tail (0: none)
     init: str = ""  # start from this transform directory (its noise, fine-tuned head and tail)
     freeze_release: bool = False  # with init: only the tail learns; what the client sends stays the same
 
@@ -139,6 +141,10 @@ class TrainConfig:
             raise InputError(f"--adversary-reset must be >= 0 (0: never), got {self.adversary_reset}")
         if self.adversary_reset and self.privacy != "adversarial":
             raise InputError("--adversary-reset restarts the online decoder: it needs --privacy adversarial")
+        if self.tail_adapter < 0:
+            raise InputError(f"--adapter must be >= 0 (0: none), got {self.tail_adapter}")
+        if self.tail_adapter and not self.train_tail:
+            raise InputError("--adapter adds layers to the tail that must be trained: add --train-tail")
         if self.adversary_steps < 1:
             raise InputError(f"--adversary-steps must be >= 1, got {self.adversary_steps}")
         if not 0.0 <= self.scene_fraction <= 1.0:
@@ -259,6 +265,8 @@ def train(
     origin: dict[str, str] | None = None
     if cfg.init:
         noise, origin = start_from(cfg, head, tail, released_shape)
+    if cfg.tail_adapter:  # kept if the source already has one of this size (veil.models.adapter)
+        attach_adapter(tail, released_shape[0], cfg.tail_adapter)
     trained_block = block
     if cfg.freeze_release:  # nothing before the tail learns: cache the released block's outputs once
         if block is not None:

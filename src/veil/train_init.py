@@ -15,6 +15,7 @@ from torch import nn
 
 from veil.artifact import Transform, load_transform, release_digest
 from veil.errors import TransformError
+from veil.models.adapter import fit_tail
 from veil.noise import NoiseTransform
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ def start_from(
                 f"({', '.join(result.unexpected_keys[:3])}…)"
             )
     if tr.tail_state is not None:
-        tail.load_state_dict(tr.tail_state)
+        fit_tail(tail, tr.tail_state).load_state_dict(tr.tail_state)
     noise = tr.noise.train().requires_grad_(not cfg.freeze_release)
     provenance = {
         "path": str(tr.path),

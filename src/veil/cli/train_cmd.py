@@ -86,6 +86,9 @@ def train(
     samples: int = typer.Option(256, help="Training samples (mosaics/crops) cached once."),
     batch_size: int = typer.Option(8, help="Samples per step (per process under torchrun)."),
     lr_tail: float = typer.Option(3e-5, help="Learning rate of the tail (with --train-tail)."),
+    adapter: int = typer.Option(
+        0, help="Residual conv blocks the server runs before the tail, trained with it (0: none)."
+    ),
     lr_head: float = typer.Option(1e-4, help="Learning rate of the head's last block (with --train-head)."),
     privacy: str = typer.Option(
         "mean",
@@ -141,6 +144,7 @@ def train(
         scene_fraction=scene_fraction,
         mosaic_grids=_int_list(mosaic_grids, "--mosaic-grids"),
         lr_tail=lr_tail,
+        tail_adapter=adapter,
         lr_head=lr_head,
         privacy=privacy,
         privacy_pool=privacy_pool,

@@ -64,6 +64,9 @@ def tune_tail(
     samples: int | None = typer.Option(None, help="Training samples cached once (default: the source's)."),
     batch_size: int | None = typer.Option(None, help="Samples per step."),
     lr_tail: float | None = typer.Option(None, help="Tail learning rate (default: the source's)."),
+    adapter: int | None = typer.Option(
+        None, help="Residual conv blocks the server runs before the tail (0: none; default: the source's)."
+    ),
     seed: int = typer.Option(1, help="Augmentation seed (not the source's, so the tail sees new crops)."),
     threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
     quiet: bool = typer.Option(False, help="No progress bars."),
@@ -86,6 +89,7 @@ def tune_tail(
         samples=samples,
         batch_size=batch_size,
         lr_tail=lr_tail,
+        tail_adapter=adapter,
         seed=seed,
     )
     set_threads(threads)

@@ -190,11 +190,13 @@ class FaceBoxesTail(nn.Module):
 
     def __init__(self, stages: list[nn.Module], multibox: MultiBox) -> None:
         super().__init__()
+        # the server may read the noisy release through an adapter first (veil.models.adapter); none here
+        self.adapter: nn.Module = nn.Identity()
         self.stages = nn.Sequential(*stages)
         self.multibox = multibox
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.multibox(self.stages(x))
+        return self.multibox(self.stages(self.adapter(x)))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -76,7 +76,9 @@ def scores_to_logits(scores: Tensor) -> Tensor:
 
 def noisy_tail_from_state_dict(base_tail: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
     """A copy of ``base_tail`` carrying the noise-trained weights (strict: every key must match)."""
-    tail = copy.deepcopy(base_tail)
+    from veil.models.adapter import fit_tail
+
+    tail = fit_tail(copy.deepcopy(base_tail), state_dict)
     try:
         tail.load_state_dict(dict(state_dict), strict=True)
     except RuntimeError as exc:
