@@ -88,10 +88,20 @@ def alt_weights(shared_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def faceboxes(weights: Path):  # type: ignore[no-untyped-def]
-    """FaceBoxes with real weights, loaded once per session (read-only use in tests)."""
+    """FaceBoxes with real weights, loaded once per session (read-only use in tests).
+
+    Shared by many tests, so a test that trains or reloads it in place would corrupt the ones after it:
+    the session ends by checking that its parameters and modules are those it was loaded with.
+    """
     from veil.models import create_model
 
-    return create_model("faceboxes", weights)
+    model = create_model("faceboxes", weights)
+    snapshot = {k: v.clone() for k, v in model.state_dict().items()}
+    yield model
+    state = model.state_dict()
+    assert state.keys() == snapshot.keys(), "a test changed the shared FaceBoxes' modules; deepcopy it first"
+    changed = [k for k, v in snapshot.items() if not torch.equal(v, state[k])]
+    assert not changed, f"a test changed the shared FaceBoxes' weights ({changed[0]}, ...); deepcopy it first"
 
 
 @pytest.fixture(scope="session")

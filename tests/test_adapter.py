@@ -30,7 +30,7 @@ def test_a_fresh_adapter_is_the_identity(faceboxes: nn.Module) -> None:
 
 
 def test_shape_is_read_back_from_a_state_dict(faceboxes: nn.Module) -> None:
-    _, tail = faceboxes.split("rdcl")
+    tail = copy.deepcopy(faceboxes.split("rdcl")[1])  # the session model stays as loaded
     attach_adapter(tail, 128, blocks=3, hidden=24)
     state = tail.state_dict()
     assert adapter_shape(state) == (128, 3, 24)
@@ -90,9 +90,9 @@ def test_tuned_adapter_is_stored_and_served_alike(
         want = local(x)
         for tail in served:
             got = tail(x)
-            assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(want, got, strict=True))
+            assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(want, got, strict=True))
         # the trained adapter does something (it left the identity)
-        base = faceboxes.split("inception3")[1]
+        base = copy.deepcopy(faceboxes.split("inception3")[1])
         base.load_state_dict({k: v for k, v in tr.tail_state.items() if not k.startswith("adapter.")})
         assert not torch.allclose(base(x)[1], want[1], atol=1e-4)
     _, diff = torchscript_bytes(local)  # what Triton runs, checked against PyTorch inside
