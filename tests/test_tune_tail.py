@@ -37,6 +37,9 @@ def test_release_is_unchanged_and_only_the_tail_moved(source: Path, tuned: Path,
     a, b = load_transform(source, weights), load_transform(tuned, weights)
     assert release_digest(a) == release_digest(b) == b.meta["release_sha256"] == a.meta["release_sha256"]
     assert b.meta["init_from"]["release_sha256"] == release_digest(a)
+    # how the release was made survives the tuning run's own record (which says only how the tail was tuned)
+    assert b.meta["init_from"]["release_train"] == a.meta["train"]
+    assert (tuned / "release_train_log.csv").read_bytes() == (source / "train_log.csv").read_bytes()
     for key, value in a.noise.state_dict().items():
         assert torch.equal(value, b.noise.state_dict()[key]), key
     assert a.head_state is not None and b.head_state is not None

@@ -37,7 +37,7 @@ from veil.multibox import multibox_loss
 from veil.noise import Granularity, NoiseTransform
 from veil.split import split_block
 from veil.train_cache import Cache, cache_metrics, encode, prepare_cache
-from veil.train_init import start_from
+from veil.train_init import carry_release_log, start_from
 
 
 @dataclass
@@ -262,7 +262,7 @@ def train(
         granularity=cfg.granularity,
         seed=None,
     )
-    origin: dict[str, str] | None = None
+    origin: dict[str, object] | None = None
     if cfg.init:
         noise, origin = start_from(cfg, head, tail, released_shape)
     if cfg.tail_adapter:  # kept if the source already has one of this size (veil.models.adapter)
@@ -370,6 +370,8 @@ def train(
         head_state = _block_state(head, trained_block) if trained_block is not None else None
         save_transform(out, noise, meta, tail_state=tail_state, head_state=head_state)
         os.replace(log_path, out / "train_log.csv")
+        if cfg.freeze_release and cfg.init is not None:
+            carry_release_log(Path(cfg.init), out)
         ckpt.unlink(missing_ok=True)
     if world > 1:
         dist.barrier()

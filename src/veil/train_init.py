@@ -9,6 +9,9 @@ the user can afford, without touching the privacy the audit measured.
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import nn
@@ -49,8 +52,11 @@ def check_source(cfg: TrainConfig, tr: Transform, released_shape: tuple[int, ...
 
 def start_from(
     cfg: TrainConfig, head: nn.Module, tail: nn.Module, released_shape: tuple[int, ...]
-) -> tuple[NoiseTransform, dict[str, str]]:
+) -> tuple[NoiseTransform, dict[str, object]]:
     """Load ``cfg.init`` into ``head`` (its fine-tuned block) and ``tail``; return its noise and provenance.
+
+    With the release frozen, the provenance keeps the recipe that made it (``release_train``, carried
+    through a chain of re-tunes), since this run's own ``train`` record only says how the tail was tuned.
 
     The returned noise keeps the source's cap, mask and OS-seeded sampling; it is trainable unless the
     release is frozen.
@@ -67,9 +73,25 @@ def start_from(
     if tr.tail_state is not None:
         fit_tail(tail, tr.tail_state).load_state_dict(tr.tail_state)
     noise = tr.noise.train().requires_grad_(not cfg.freeze_release)
-    provenance = {
+    earlier = tr.meta.get("init_from") or {}
+    provenance: dict[str, object] = {
         "path": str(tr.path),
         "tensors_sha256": str(tr.meta.get("tensors_sha256", "")),
         "release_sha256": release_digest(tr),
     }
+    if cfg.freeze_release:
+        provenance["release_train"] = earlier.get("release_train") or tr.meta.get("train", {})
     return noise, provenance
+
+
+RELEASE_LOG = "release_train_log.csv"
+
+
+def carry_release_log(source: Path, out: Path) -> None:
+    """Copy the loss/σ log of the run that made a frozen release next to the tuning run's own log."""
+    for name in (RELEASE_LOG, "train_log.csv"):
+        if (source / name).is_file():
+            tmp = out / f".{RELEASE_LOG}.tmp"
+            shutil.copyfile(source / name, tmp)
+            os.replace(tmp, out / RELEASE_LOG)
+            return
