@@ -9,7 +9,7 @@ there); then throughput with 1, 4 and 8 concurrent clients sending precomputed n
 server is what is measured) with dynamic batching on. The server runs in its own process, as a user
 would run it. ``--soak``: 8 clients for 60 s, requests served, p50/p99 latency, failures, server memory.
 
-By default: veil's default deployment, the shipped α=0.1 transform (its split, its head and noise
+By default: veil's default deployment, the shipped α=0.12 transform (its split, its head and noise
 here, ``veil serve --transform`` there); ``--transform DIR`` measures another. ``--stand-in``: the
 reference design's interface instead (split after RDCL, base weights, a fresh Gaussian sample per call
 of scale ``--sigma`` standing in for a trained transform).
@@ -38,7 +38,7 @@ from veil.detect import Detector, build_detector
 from veil.pipeline import load_pipeline
 from veil.serve.server import free_ports
 
-DEFAULT_TRANSFORM = Path(__file__).resolve().parents[1] / "src/veil/transforms/faceboxes-inception3-alpha0.1"
+DEFAULT_TRANSFORM = Path(__file__).resolve().parents[1] / "src/veil/transforms/faceboxes-inception3-alpha0.12"
 
 
 class GaussianNoise(nn.Module):
