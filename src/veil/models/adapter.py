@@ -44,6 +44,7 @@ class ReleaseAdapter(nn.Module):
             raise TransformError(
                 f"an adapter needs >= 1 block and >= 1 hidden channel, got {blocks}, {hidden}"
             )
+        self.shape = (channels, blocks, hidden)  # what adapter_shape reads back from a stored state
         self.blocks = nn.Sequential(*[_Block(channels, hidden) for _ in range(blocks)])
 
     def forward(self, x: Tensor) -> Tensor:
@@ -66,10 +67,8 @@ def adapter_shape(state: Mapping[str, Tensor]) -> tuple[int, int, int] | None:
 def attach_adapter(tail: nn.Module, channels: int, blocks: int, hidden: int = 64) -> nn.Module:
     """Give ``tail`` an adapter (a no-op if it already has one of this shape); returns the tail."""
     current = getattr(tail, "adapter", None)
-    if isinstance(current, ReleaseAdapter):
-        have = adapter_shape({f"{PREFIX}{k}": v for k, v in current.state_dict().items()})
-        if have == (channels, blocks, hidden):
-            return tail
+    if isinstance(current, ReleaseAdapter) and current.shape == (channels, blocks, hidden):
+        return tail
     if not hasattr(tail, "adapter"):
         raise TransformError(f"{type(tail).__name__} cannot take a server-side adapter")
     setattr(tail, "adapter", ReleaseAdapter(channels, blocks, hidden))  # noqa: B010

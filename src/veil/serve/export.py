@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from veil.errors import ServingError
+from veil.models.adapter import fit_tail
 from veil.serve.validate import (
     ACTIVATION_DIMS,
     BASE_MODEL,
@@ -76,8 +77,6 @@ def scores_to_logits(scores: Tensor) -> Tensor:
 
 def noisy_tail_from_state_dict(base_tail: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
     """A copy of ``base_tail`` carrying the noise-trained weights (strict: every key must match)."""
-    from veil.models.adapter import fit_tail
-
     tail = fit_tail(copy.deepcopy(base_tail), state_dict)
     try:
         tail.load_state_dict(dict(state_dict), strict=True)
