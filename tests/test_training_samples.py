@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from torchvision.io import write_png
 
-from veil.data.images import training_samples
+from veil.data.images import iter_training_samples, training_samples
 from veil.errors import InputError
 from veil.train import TrainConfig
 
@@ -52,6 +53,20 @@ def test_same_seed_same_samples_other_grids_other_samples(photos: Path) -> None:
     assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
 
 
+def test_samples_are_made_one_at_a_time_and_match_the_list(photos: Path) -> None:
+    """The cache consumes a generator, so thousands of 1024² samples never sit in memory at once."""
+    lazy = iter_training_samples([photos], count=4, size=64, grids=[2, 4], seed=5)
+    first = next(lazy)  # one sample exists before the rest are drawn
+    rest = list(lazy)
+    eager = training_samples([photos], count=4, size=64, grids=[2, 4], seed=5)
+    assert len(rest) == 3
+    assert all(torch.equal(x, y) for x, y in zip([first, *rest], eager, strict=True))
+    with pytest.raises(InputError, match="mosaic grids"):  # refused when called, not at the first sample
+        iter_training_samples([photos], count=1, size=64, grids=[5])
+    with pytest.raises(InputError, match="no training images"):
+        iter_training_samples([], count=1, size=64, grids=[2])
+
+
 @pytest.mark.parametrize("grids", [[], [0], [5]])
 def test_impossible_grids_are_refused(photos: Path, grids: list[int]) -> None:
     with pytest.raises(InputError, match="mosaic grids"):
@@ -61,3 +76,42 @@ def test_impossible_grids_are_refused(photos: Path, grids: list[int]) -> None:
 def test_config_refuses_grids_too_fine_for_the_input(photos: Path) -> None:
     with pytest.raises(InputError, match="--mosaic-grids must list sizes from 1 to 16"):
         TrainConfig(weights="w.pth", images=[str(photos)], alpha=0.1, input_size=256, mosaic_grids=[8, 32])
+
+
+def test_a_cache_that_cannot_fit_is_refused_with_the_largest_that_would() -> None:
+    from veil.train_cache import check_fits
+
+    mib = 1024**2
+    check_fits(100, mib, available=400 * mib)  # 200 MiB needed: fits
+    with pytest.raises(
+        InputError, match=r"--samples 4096 needs about 8\.0 GiB .* use at most --samples 1000"
+    ):
+        check_fits(4096, mib, available=2000 * mib)
+
+
+def test_the_cache_consumes_a_generator_and_checks_its_size_after_one_sample() -> None:
+    from veil.train_cache import build_cache
+
+    head = torch.nn.Conv2d(3, 4, 3, stride=4, padding=1)
+
+    class Tail(torch.nn.Module):  # 10 "anchors": boxes and two-class scores read off the activation
+        def forward(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            n = a.shape[0]
+            return a.flatten(1)[:, :40].reshape(n, 10, 4), a.flatten(1)[:, :20].reshape(n, 10, 2)
+
+    tail = Tail()
+
+    made: list[int] = []
+
+    def images() -> Iterator[torch.Tensor]:
+        for i in range(3):
+            made.append(i)
+            yield torch.full((3, 32, 32), 10 * i, dtype=torch.uint8)
+
+    cache = build_cache(head, tail, images(), 32, progress=False, total=3)
+    assert cache.activations.shape == (3, 4, 8, 8) and cache.loc.shape == (3, 10, 4)
+    assert made == [0, 1, 2]
+    made.clear()
+    with pytest.raises(InputError, match="--samples 10000000000"):  # refused after the first sample
+        build_cache(head, tail, images(), 32, progress=False, total=10**10)
+    assert made == [0]

@@ -6,14 +6,18 @@ is what makes the fine-tune pass affordable on a CPU.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from veil.errors import InputError
 from veil.imageio import preprocess
 from veil.noise import NoiseTransform, snr_db
 
@@ -36,21 +40,56 @@ class Cache:
 def build_cache(
     head: nn.Module,
     tail: nn.Module,
-    images: list[Tensor],
+    images: Iterable[Tensor],
     size: int,
     progress: bool = True,
     block: nn.Module | None = None,
+    total: int | None = None,
 ) -> Cache:
-    """With ``block`` (the head's trainable last block), the cached activations are its inputs."""
+    """With ``block`` (the head's trainable last block), the cached activations are its inputs.
+
+    ``images`` may be a generator: each image is dropped once its activation is cached.
+    """
     acts, probs, locs = [], [], []
-    for img in tqdm(images, desc="caching clean activations", disable=not progress, unit="img"):
+    bar = tqdm(images, desc="caching clean activations", disable=not progress, unit="img", total=total)
+    for img in bar:
         x = preprocess([img], size=(size, size)).tensor
         a = head(x)
         loc, conf = tail(a if block is None else block(a))
         acts.append(a.contiguous())
         probs.append(conf.softmax(-1)[..., 1])
         locs.append(loc)
+        if len(acts) == 1 and total:
+            check_fits(total, acts[0].nbytes + probs[0].nbytes + loc.nbytes)
     return Cache(torch.cat(acts), torch.cat(probs), torch.cat(locs))
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says a new allocation can get (MemAvailable), or None where it cannot tell."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_fits(samples: int, per_sample: int, available: int | None = None) -> None:
+    """Refuse, after one sample, a cache that cannot fit: better a line of advice than the OOM killer.
+
+    Each sample keeps its activation and the clean outputs; at the end ``torch.cat`` copies them into
+    one tensor while the per-sample pieces still exist, hence the factor 2.
+    """
+    free = available_memory() if available is None else available
+    need = 2 * samples * per_sample
+    if free is not None and need > free:
+        gib = 1024**3
+        raise InputError(
+            f"--samples {samples} needs about {need / gib:.1f} GiB for the activation cache "
+            f"({per_sample / 1024**2:.1f} MiB a sample) but {free / gib:.1f} GiB is available: "
+            f"use at most --samples {max(1, int(free / (2 * per_sample)))}, or more ranks under torchrun"
+        )
 
 
 def prepare_cache(
@@ -64,7 +103,7 @@ def prepare_cache(
 ) -> Cache:
     """Training samples for this rank, their clean activations and outputs, and (multibox) targets."""
     from veil.data import load_dataset
-    from veil.data.images import training_samples
+    from veil.data.images import iter_training_samples
     from veil.multibox import labeled_samples, match_samples
 
     labeled = [load_dataset(d).part(cfg.labels_part) for d in cfg.labels]
@@ -74,7 +113,7 @@ def prepare_cache(
         cache.loc_target, cache.label = match_samples(samples, cfg.input_size)
         return cache
     extra = [img.path for d in labeled for img in d.images]  # boxes unused: unlabeled target-domain scenes
-    images = training_samples(
+    images = iter_training_samples(
         cfg.images,
         cfg.scenes,
         count=cfg.samples,
@@ -84,7 +123,9 @@ def prepare_cache(
         scene_files=extra,
         grids=cfg.mosaic_grids,
     )
-    return build_cache(head, tail, images[rank::world], cfg.input_size, progress, block)
+    mine = itertools.islice(images, rank, None, world)  # every world-th sample, as a list slice would
+    total = len(range(rank, cfg.samples, world))
+    return build_cache(head, tail, mine, cfg.input_size, progress, block, total=total)
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ many positions, mixed with random crops of real multi-face scenes when some are 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -65,7 +65,7 @@ def scene_crop(img: Tensor, size: int, rng: random.Random) -> Tensor:
     return crop.round().clamp(0, 255).to(torch.uint8)
 
 
-def training_samples(
+def iter_training_samples(
     photo_dirs: Sequence[str | Path],
     scene_dirs: Sequence[str | Path] = (),
     count: int = 256,
@@ -75,11 +75,13 @@ def training_samples(
     max_photos: int = 2000,
     scene_files: Sequence[str | Path] = (),
     grids: Sequence[int] = GRID_CHOICES,
-) -> list[Tensor]:
-    """``count`` uint8 images (size x size): mosaics of photos, plus crops of scenes if given.
+) -> Iterator[Tensor]:
+    """``count`` uint8 images (size x size), made one at a time: mosaics of photos, plus crops of scenes.
 
     ``grids`` are the mosaic sizes drawn from (k x k photos per sample): larger k, smaller faces.
-    Deterministic for a given ``seed`` so a training run can be reproduced exactly.
+    Deterministic for a given ``seed`` so a training run can be reproduced exactly. Bad arguments fail
+    here, not at the first sample; samples are made lazily because thousands of 1024² images would
+    not fit in memory next to the activation cache that consumes them.
     """
     check_grids(grids, size)
     grid_choices = list(grids)
@@ -91,10 +93,31 @@ def training_samples(
     photos = [load_image(p) for p in photo_files[:max_photos]]
     scene_paths = [p for d in scene_dirs for p in list_images(d)] + [Path(p) for p in scene_files]
     scenes = [load_image(p) for p in scene_paths]
-    out = []
-    for _ in range(count):
-        if scenes and (not photos or rng.random() < scene_fraction):
-            out.append(scene_crop(scenes[rng.randrange(len(scenes))], size, rng))
-        else:
-            out.append(mosaic(photos, rng.choice(grid_choices), size, rng))
-    return out
+
+    def generate() -> Iterator[Tensor]:
+        for _ in range(count):
+            if scenes and (not photos or rng.random() < scene_fraction):
+                yield scene_crop(scenes[rng.randrange(len(scenes))], size, rng)
+            else:
+                yield mosaic(photos, rng.choice(grid_choices), size, rng)
+
+    return generate()
+
+
+def training_samples(
+    photo_dirs: Sequence[str | Path],
+    scene_dirs: Sequence[str | Path] = (),
+    count: int = 256,
+    size: int = 1024,
+    scene_fraction: float = 0.25,
+    seed: int = 0,
+    max_photos: int = 2000,
+    scene_files: Sequence[str | Path] = (),
+    grids: Sequence[int] = GRID_CHOICES,
+) -> list[Tensor]:
+    """:func:`iter_training_samples` as a list (the same images for the same arguments)."""
+    return list(
+        iter_training_samples(
+            photo_dirs, scene_dirs, count, size, scene_fraction, seed, max_photos, scene_files, grids
+        )
+    )
