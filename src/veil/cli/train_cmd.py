@@ -83,7 +83,9 @@ def train(
         "from the activation by a small network, per request; no suppression).",
     ),
     steps: int = typer.Option(400, help="Optimisation steps."),
-    samples: int = typer.Option(256, help="Training samples (mosaics/crops) cached once."),
+    samples: int = typer.Option(
+        256, help="Training samples (mosaics/crops) cached once (about 1 MiB each at 1024²)."
+    ),
     batch_size: int = typer.Option(8, help="Samples per step (per process under torchrun)."),
     lr_tail: float = typer.Option(3e-5, help="Learning rate of the tail (with --train-tail)."),
     adapter: int = typer.Option(

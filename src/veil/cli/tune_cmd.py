@@ -61,7 +61,9 @@ def tune_tail(
     distill_weights: str | None = typer.Option(None, help="score or uniform (default: the source's)."),
     scene_fraction: float | None = typer.Option(None, help="Share of samples cropped from scenes."),
     steps: int = typer.Option(1600, help="Optimisation steps of the tail."),
-    samples: int | None = typer.Option(None, help="Training samples cached once (default: the source's)."),
+    samples: int | None = typer.Option(
+        None, help="Training samples cached once (about 1 MiB each at 1024²; default: the source's)."
+    ),
     batch_size: int | None = typer.Option(None, help="Samples per step."),
     lr_tail: float | None = typer.Option(None, help="Tail learning rate (default: the source's)."),
     adapter: int | None = typer.Option(
