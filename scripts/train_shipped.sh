@@ -38,8 +38,9 @@ done
 veil train "${common[@]}" --alpha 0.8 --split rdcl --train-tail --granularity channel --out "$(release rdcl)"
 # 2. the tails, against the frozen releases (12-25 minutes a pass on 2 cores). alpha 0.12, 0.5, 0.8 and
 #    RDCL add a two-block server-side adapter (--adapter 2); alpha 0.12 and RDCL then take a second pass
-#    on twice the samples (retune), which added 0.5 street-scene points to the default and 5 WIDER
-#    points to RDCL (README, "What this says").
+#    on twice the samples (retune), and alpha 0.12 a third with more street-scene crops
+#    (--scene-fraction 0.75): together +1 street-scene point for the default, +5 WIDER points for RDCL
+#    (README, "What this says").
 tuned() {  # release-dir out-dir [options]
   [ -d "$1" ] || return 0
   veil tune-tail "${tune[@]}" -t "$1" --out "$2" "${@:3}" && rm -rf "$1"
@@ -51,6 +52,7 @@ second=(--samples 2048 --seed 2)
 if [ -d "$(release 0.12)" ]; then
   tuned "$(release 0.12)" "$OUT/faceboxes-inception3-alpha0.12" --adapter 2
   retune "$OUT/faceboxes-inception3-alpha0.12" "${second[@]}" --lr-tail 5e-5
+  retune "$OUT/faceboxes-inception3-alpha0.12" --samples 2048 --seed 3 --lr-tail 5e-5 --scene-fraction 0.75
 fi
 tuned "$(release 0.2)" "$OUT/faceboxes-inception3-alpha0.2"
 tuned "$(release 0.5)" "$OUT/faceboxes-inception3-alpha0.5" --adapter 2 "${second[@]}"
