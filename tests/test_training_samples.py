@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torchvision.io import write_png
 
-from veil.data.images import iter_training_samples, training_samples
+from veil.data.images import iter_training_samples
 from veil.errors import InputError
 from veil.train import TrainConfig
+
+
+def _samples(*args: Any, **kwargs: Any) -> list[torch.Tensor]:
+    return list(iter_training_samples(*args, **kwargs))
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +39,8 @@ def _tiles_with_content(img: torch.Tensor, k: int) -> int:
 
 
 def test_grids_choose_the_mosaic_size(photos: Path) -> None:
-    big = training_samples([photos], count=3, size=128, grids=[1])
-    small = training_samples([photos], count=3, size=128, grids=[8])
+    big = _samples([photos], count=3, size=128, grids=[1])
+    small = _samples([photos], count=3, size=128, grids=[8])
     for img in big:  # one photo covering 75-100 % of the canvas
         assert 0.5 < float((img.float().sum(0) > 0).float().mean()) <= 1.0
     for img in small:  # every one of the 8 x 8 cells holds a 12-16 px tile
@@ -46,9 +51,9 @@ def test_grids_choose_the_mosaic_size(photos: Path) -> None:
 
 
 def test_same_seed_same_samples_other_grids_other_samples(photos: Path) -> None:
-    a = training_samples([photos], count=2, size=64, grids=[2, 4], seed=3)
-    b = training_samples([photos], count=2, size=64, grids=[2, 4], seed=3)
-    c = training_samples([photos], count=2, size=64, grids=[1], seed=3)
+    a = _samples([photos], count=2, size=64, grids=[2, 4], seed=3)
+    b = _samples([photos], count=2, size=64, grids=[2, 4], seed=3)
+    c = _samples([photos], count=2, size=64, grids=[1], seed=3)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
 
@@ -58,7 +63,7 @@ def test_samples_are_made_one_at_a_time_and_match_the_list(photos: Path) -> None
     lazy = iter_training_samples([photos], count=4, size=64, grids=[2, 4], seed=5)
     first = next(lazy)  # one sample exists before the rest are drawn
     rest = list(lazy)
-    eager = training_samples([photos], count=4, size=64, grids=[2, 4], seed=5)
+    eager = _samples([photos], count=4, size=64, grids=[2, 4], seed=5)
     assert len(rest) == 3
     assert all(torch.equal(x, y) for x, y in zip([first, *rest], eager, strict=True))
     with pytest.raises(InputError, match="mosaic grids"):  # refused when called, not at the first sample
@@ -70,7 +75,7 @@ def test_samples_are_made_one_at_a_time_and_match_the_list(photos: Path) -> None
 @pytest.mark.parametrize("grids", [[], [0], [5]])
 def test_impossible_grids_are_refused(photos: Path, grids: list[int]) -> None:
     with pytest.raises(InputError, match="mosaic grids"):
-        training_samples([photos], count=1, size=64, grids=grids)  # 64 px: at most 4 x 4
+        _samples([photos], count=1, size=64, grids=grids)  # 64 px: at most 4 x 4
 
 
 def test_config_refuses_grids_too_fine_for_the_input(photos: Path) -> None:

@@ -102,22 +102,3 @@ def iter_training_samples(
                 yield mosaic(photos, rng.choice(grid_choices), size, rng)
 
     return generate()
-
-
-def training_samples(
-    photo_dirs: Sequence[str | Path],
-    scene_dirs: Sequence[str | Path] = (),
-    count: int = 256,
-    size: int = 1024,
-    scene_fraction: float = 0.25,
-    seed: int = 0,
-    max_photos: int = 2000,
-    scene_files: Sequence[str | Path] = (),
-    grids: Sequence[int] = GRID_CHOICES,
-) -> list[Tensor]:
-    """:func:`iter_training_samples` as a list (the same images for the same arguments)."""
-    return list(
-        iter_training_samples(
-            photo_dirs, scene_dirs, count, size, scene_fraction, seed, max_photos, scene_files, grids
-        )
-    )
