@@ -19,6 +19,14 @@ WeightsOpt = typer.Option(
 )
 
 
+def int_list(text: str, option: str) -> list[int]:
+    """``"1,2,4"`` as [1, 2, 4], or a one-line error naming ``option``."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise VeilError(f"{option} must be comma-separated whole numbers, got {text!r}") from None
+
+
 def resolve_weights(weights: Path | None) -> Path:
     """``--weights`` or ``$VEIL_WEIGHTS``; a clear error when neither is set."""
     if weights is None:

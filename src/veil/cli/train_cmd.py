@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from veil.cli.common import WeightsOpt, resolve_weights, set_threads
+from veil.cli.common import WeightsOpt, int_list, resolve_weights, set_threads
 from veil.errors import VeilError
 
 if TYPE_CHECKING:
@@ -17,13 +17,6 @@ if TYPE_CHECKING:
 def _check_alpha(alpha: float) -> None:
     if not 0.0 <= alpha < 1.0:
         raise VeilError(f"--alpha must be in [0, 1), got {alpha}")
-
-
-def _int_list(text: str, option: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise VeilError(f"{option} must be comma-separated whole numbers, got {text!r}") from None
 
 
 def _config(
@@ -144,7 +137,7 @@ def train(
         task=task,
         distill_weights=distill_weights,
         scene_fraction=scene_fraction,
-        mosaic_grids=_int_list(mosaic_grids, "--mosaic-grids"),
+        mosaic_grids=int_list(mosaic_grids, "--mosaic-grids"),
         lr_tail=lr_tail,
         tail_adapter=adapter,
         lr_head=lr_head,

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from veil.cli.common import WeightsOpt, resolve_weights, set_threads
+from veil.cli.common import WeightsOpt, int_list, resolve_weights, set_threads
 from veil.errors import VeilError
 
 #: Options that decide the release: taken from the source transform, never from the command line.
@@ -50,6 +50,15 @@ def tune_config(source: Path, weights: Path, **overrides: Any) -> Any:
     return TrainConfig(**base)
 
 
+def _grids(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    grids = int_list(text, "--mosaic-grids")
+    if not grids:
+        raise VeilError("--mosaic-grids is empty: list mosaic sizes such as 8,12,16, or leave it out")
+    return grids
+
+
 def tune_tail(
     transform: Path = typer.Option(..., "--transform", "-t", help="Transform whose release is kept."),
     out: Path = typer.Option(..., "--out", "-o", help="Transform directory to write (same release)."),
@@ -60,6 +69,9 @@ def tune_tail(
     task: str | None = typer.Option(None, help="distill or multibox (default: the source's)."),
     distill_weights: str | None = typer.Option(None, help="score or uniform (default: the source's)."),
     scene_fraction: float | None = typer.Option(None, help="Share of samples cropped from scenes."),
+    mosaic_grids: str | None = typer.Option(
+        None, help="Mosaic sizes k (k x k photos), e.g. 8,12,16 for small faces (default: the source's)."
+    ),
     steps: int = typer.Option(1600, help="Optimisation steps of the tail."),
     samples: int | None = typer.Option(
         None, help="Training samples cached once (about 1 MiB each at 1024²; default: the source's)."
@@ -87,6 +99,7 @@ def tune_tail(
         task=task,
         distill_weights=distill_weights,
         scene_fraction=scene_fraction,
+        mosaic_grids=_grids(mosaic_grids),
         steps=steps,
         samples=samples,
         batch_size=batch_size,
