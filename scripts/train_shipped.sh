@@ -38,8 +38,8 @@ done
 veil train "${common[@]}" --alpha 0.8 --split rdcl --train-tail --granularity channel --out "$(release rdcl)"
 # 2. the tails, against the frozen releases (12-25 minutes a pass on 2 cores). alpha 0.12, 0.5, 0.8 and
 #    RDCL add a two-block server-side adapter (--adapter 2); alpha 0.12 and RDCL then take a second pass
-#    on twice the samples (retune), and alpha 0.12 a third with more street-scene crops
-#    (--scene-fraction 0.75): together +1 street-scene point for the default, +5 WIDER points for RDCL
+#    on twice the samples (retune), and a third with more street-scene crops (--scene-fraction 0.75):
+#    together +1 street-scene point for the default, +6 street and +8 WIDER points for RDCL
 #    (README, "What this says").
 tuned() {  # release-dir out-dir [options]
   [ -d "$1" ] || return 0
@@ -60,6 +60,7 @@ tuned "$(release 0.8)" "$OUT/faceboxes-inception3-alpha0.8" --adapter 2
 if [ -d "$(release rdcl)" ]; then
   tuned "$(release rdcl)" "$OUT/faceboxes-rdcl-alpha0.8"
   retune "$OUT/faceboxes-rdcl-alpha0.8" --adapter 2 "${second[@]}"
+  retune "$OUT/faceboxes-rdcl-alpha0.8" --samples 2048 --seed 3 --lr-tail 5e-5 --scene-fraction 0.75
 fi
 # mark the default configuration (what `--alpha A` and `veil demo` use)
 python3 - "$OUT" <<'PY'
