@@ -39,7 +39,7 @@ veil train "${common[@]}" --alpha 0.8 --split rdcl --train-tail --granularity ch
 # 2. the tails, against the frozen releases (12-25 minutes a pass on 2 cores). alpha 0.12, 0.5, 0.8 and
 #    RDCL add a two-block server-side adapter (--adapter 2); alpha 0.12 and RDCL then take a second pass
 #    on twice the samples (retune), and a third with more street-scene crops (--scene-fraction 0.75):
-#    together +1 street-scene point for the default, +6 street and +8 WIDER points for RDCL
+#    together +1 street-scene point for the default, +4 street and +6 WIDER points for RDCL
 #    (README, "What this says").
 tuned() {  # release-dir out-dir [options]
   [ -d "$1" ] || return 0
