@@ -50,6 +50,25 @@ def test_grids_choose_the_mosaic_size(photos: Path) -> None:
     assert len({tuple(px) for px in big[0].flatten(1).T.tolist()} - {(0, 0, 0)}) <= 2  # edge blend at most
 
 
+def test_scene_grids_tile_scene_crops_so_their_faces_shrink(photos: Path) -> None:
+    """Scene photos are small, so a crop enlarged to the input only shows large faces; k x k tiles of
+    crops show faces k times smaller. (The flat 'photos' serve as scenes: each crop is one colour.)"""
+    kw: dict[str, Any] = {"scene_dirs": [photos], "count": 2, "size": 64, "scene_fraction": 1.0, "grids": [2]}
+    one = _samples([], seed=4, **kw)
+    tiled = _samples([], seed=4, scene_grids=[4], **kw)
+    for img in one:
+        assert len({tuple(px) for px in img.flatten(1).T.tolist()}) == 1  # one crop fills the canvas
+    for img in tiled:
+        cells = img.unfold(1, 16, 16).unfold(2, 16, 16)  # 3 x 4 x 4 x 16 x 16
+        flat = cells.flatten(3)
+        assert bool((flat == flat[..., :1]).all())  # each 16 px cell is one crop
+        assert len({tuple(c) for c in flat[..., 0].flatten(1).T.tolist()}) >= 4  # of many scenes
+    again = _samples([], seed=4, scene_grids=[1], **kw)  # [1], the default: the samples made before
+    assert all(torch.equal(x, y) for x, y in zip(again, one, strict=True))
+    with pytest.raises(InputError, match="--scene-grids must list sizes from 1 to 4"):
+        iter_training_samples([], **{**kw, "scene_grids": [8]})
+
+
 def test_same_seed_same_samples_other_grids_other_samples(photos: Path) -> None:
     a = _samples([photos], count=2, size=64, grids=[2, 4], seed=3)
     b = _samples([photos], count=2, size=64, grids=[2, 4], seed=3)
@@ -66,7 +85,8 @@ def test_samples_are_made_one_at_a_time_and_match_the_list(photos: Path) -> None
     eager = _samples([photos], count=4, size=64, grids=[2, 4], seed=5)
     assert len(rest) == 3
     assert all(torch.equal(x, y) for x, y in zip([first, *rest], eager, strict=True))
-    with pytest.raises(InputError, match="mosaic grids"):  # refused when called, not at the first sample
+    # refused when called, not at the first sample
+    with pytest.raises(InputError, match="--mosaic-grids must list sizes"):
         iter_training_samples([photos], count=1, size=64, grids=[5])
     with pytest.raises(InputError, match="no training images"):
         iter_training_samples([], count=1, size=64, grids=[2])
@@ -74,7 +94,7 @@ def test_samples_are_made_one_at_a_time_and_match_the_list(photos: Path) -> None
 
 @pytest.mark.parametrize("grids", [[], [0], [5]])
 def test_impossible_grids_are_refused(photos: Path, grids: list[int]) -> None:
-    with pytest.raises(InputError, match="mosaic grids"):
+    with pytest.raises(InputError, match="--mosaic-grids must list sizes"):
         _samples([photos], count=1, size=64, grids=grids)  # 64 px: at most 4 x 4
 
 

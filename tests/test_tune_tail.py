@@ -133,16 +133,20 @@ def test_a_source_of_another_split_is_refused(
 def test_cli_tunes_and_refuses_bad_targets(source: Path, weights: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli"
     base = ["tune-tail", "--weights", str(weights), "--steps", "3", "--samples", "4", "--quiet"]
-    proc = run_veil(*base, "--transform", str(source), "--out", str(out), "--mosaic-grids", "2,4")
+    grids = ["--mosaic-grids", "2,4", "--scene-grids", "1,2"]
+    proc = run_veil(*base, "--transform", str(source), "--out", str(out), *grids)
     assert proc.returncode == 0, proc.stderr
     assert "release unchanged" in proc.stdout
     recorded = load_transform(out, weights).meta["train"]
-    assert recorded["mosaic_grids"] == [2, 4] and recorded["freeze_release"] is True
+    assert recorded["mosaic_grids"] == [2, 4] and recorded["scene_grids"] == [1, 2]
+    assert recorded["freeze_release"] is True
     assert release_digest(load_transform(out, weights)) == release_digest(load_transform(source, weights))
     same = run_veil(*base, "--transform", str(source), "--out", str(source))
     assert same.returncode == 2 and "must differ" in same.stderr and same.stderr.strip().count("\n") == 0
-    for grids, says in (("8,x", "whole numbers"), ("", "empty"), ("99", "from 1 to")):
-        bad = run_veil(*base, "-t", str(source), "-o", str(tmp_path / "g"), "--mosaic-grids", grids)
+    grid_cases = [("--mosaic-grids", "8,x", "whole numbers"), ("--mosaic-grids", "", "empty")]
+    grid_cases += [("--mosaic-grids", "99", "from 1 to"), ("--scene-grids", "0", "--scene-grids must list")]
+    for option, grids, says in grid_cases:
+        bad = run_veil(*base, "-t", str(source), "-o", str(tmp_path / "g"), option, grids)
         assert bad.returncode == 2 and says in bad.stderr and bad.stderr.strip().count("\n") == 0, bad.stderr
         assert not (tmp_path / "g").exists()
     missing = run_veil(*base, "--transform", str(tmp_path / "nope"), "--out", str(tmp_path / "y"))

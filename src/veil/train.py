@@ -54,6 +54,7 @@ class TrainConfig:
     distill_weights: str = "score"  # face anchors count by clean score, or "uniform" (small faces as much)
     scene_fraction: float = 0.25  # share of samples cropped from scenes (the rest: photo mosaics)
     mosaic_grids: list[int] = field(default_factory=lambda: list(GRID_CHOICES))  # k x k photos per mosaic
+    scene_grids: list[int] = field(default_factory=lambda: [1])  # k x k scene crops per scene sample
     privacy: str = "mean"  # "mean": -log mean sigma (Cloak); "relative": -mean log(sigma / channel std);
     # "adversarial": -log mean sigma + adversary_weight * (how far an online decoder beats the mean image)
     privacy_pool: str = "batch"  # conditional: log of the batch's mean sigma, or "request": mean of
@@ -150,6 +151,7 @@ class TrainConfig:
         if not 0.0 <= self.scene_fraction <= 1.0:
             raise InputError(f"--scene-fraction must be in [0, 1], got {self.scene_fraction}")
         check_grids(self.mosaic_grids, self.input_size)
+        check_grids(self.scene_grids, self.input_size, "--scene-grids")
         if self.freeze_release and not (self.init and self.train_tail):
             raise InputError(
                 "freezing the release leaves only the tail to train: it needs --init DIR and --train-tail"

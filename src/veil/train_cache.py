@@ -122,6 +122,7 @@ def prepare_cache(
         seed=cfg.seed,
         scene_files=extra,
         grids=cfg.mosaic_grids,
+        scene_grids=cfg.scene_grids,
     )
     mine = itertools.islice(images, rank, None, world)  # every world-th sample, as a list slice would
     total = len(range(rank, cfg.samples, world))

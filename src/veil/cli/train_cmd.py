@@ -62,6 +62,9 @@ def train(
     mosaic_grids: str = typer.Option(
         "1,2,3,4,6,8,12,16", help="Mosaic sizes k (k x k photos) to draw from: larger k, smaller faces."
     ),
+    scene_grids: str = typer.Option(
+        "1", help="Scene crops tiled k x k (e.g. 1,2,3,4): small scene photos then show small faces too."
+    ),
     split: str = typer.Option("inception3", help="Split point: rdcl (reference design) or inception1..3."),
     train_tail: bool = typer.Option(True, "--train-tail/--noise-only", help="Fine-tune the tail jointly."),
     train_head: bool = typer.Option(
@@ -138,6 +141,7 @@ def train(
         distill_weights=distill_weights,
         scene_fraction=scene_fraction,
         mosaic_grids=int_list(mosaic_grids, "--mosaic-grids"),
+        scene_grids=int_list(scene_grids, "--scene-grids"),
         lr_tail=lr_tail,
         tail_adapter=adapter,
         lr_head=lr_head,

@@ -50,12 +50,12 @@ def tune_config(source: Path, weights: Path, **overrides: Any) -> Any:
     return TrainConfig(**base)
 
 
-def _grids(text: str | None) -> list[int] | None:
+def _grids(text: str | None, option: str) -> list[int] | None:
     if text is None:
         return None
-    grids = int_list(text, "--mosaic-grids")
+    grids = int_list(text, option)
     if not grids:
-        raise VeilError("--mosaic-grids is empty: list mosaic sizes such as 8,12,16, or leave it out")
+        raise VeilError(f"{option} is empty: list grid sizes such as 1,2,4, or leave it out")
     return grids
 
 
@@ -71,6 +71,9 @@ def tune_tail(
     scene_fraction: float | None = typer.Option(None, help="Share of samples cropped from scenes."),
     mosaic_grids: str | None = typer.Option(
         None, help="Mosaic sizes k (k x k photos), e.g. 8,12,16 for small faces (default: the source's)."
+    ),
+    scene_grids: str | None = typer.Option(
+        None, help="Scene crops tiled k x k, e.g. 1,2,3,4 for crowds of small faces (default: the source's)."
     ),
     steps: int = typer.Option(1600, help="Optimisation steps of the tail."),
     samples: int | None = typer.Option(
@@ -99,7 +102,8 @@ def tune_tail(
         task=task,
         distill_weights=distill_weights,
         scene_fraction=scene_fraction,
-        mosaic_grids=_grids(mosaic_grids),
+        mosaic_grids=_grids(mosaic_grids, "--mosaic-grids"),
+        scene_grids=_grids(scene_grids, "--scene-grids"),
         steps=steps,
         samples=samples,
         batch_size=batch_size,

@@ -21,11 +21,11 @@ from veil.imageio import list_images, load_image
 GRID_CHOICES = (1, 2, 3, 4, 6, 8, 12, 16)  # faces from ~400 px down to ~25 px at 1024^2
 
 
-def check_grids(grids: Sequence[int], size: int) -> None:
-    """One-line error for mosaic sizes that leave tiles under 16 px at ``size`` (or no sizes at all)."""
+def check_grids(grids: Sequence[int], size: int, option: str = "--mosaic-grids") -> None:
+    """One-line error for grid sizes that leave tiles under 16 px at ``size`` (or no sizes at all)."""
     if not grids or any(not 1 <= k <= size // 16 for k in grids):
         raise InputError(
-            f"--mosaic-grids must list sizes from 1 to {size // 16}: mosaic grids of k x k photos need tiles "
+            f"{option} must list sizes from 1 to {size // 16}: grids of k x k tiles need tiles "
             f"of at least 16 px at {size}px, got {list(grids)}"
         )
 
@@ -65,6 +65,20 @@ def scene_crop(img: Tensor, size: int, rng: random.Random) -> Tensor:
     return crop.round().clamp(0, 255).to(torch.uint8)
 
 
+def scene_grid(scenes: Sequence[Tensor], grid: int, size: int, rng: random.Random) -> Tensor:
+    """``grid`` x ``grid`` crops of random scenes: small scene photos, cropped and enlarged, only ever show
+    large faces; tiling them shows the same kind of scene with faces ``grid`` times smaller (crowds)."""
+    if grid == 1:
+        return scene_crop(scenes[rng.randrange(len(scenes))], size, rng)
+    canvas = torch.zeros(3, size, size, dtype=torch.uint8)
+    cell = size // grid
+    for r in range(grid):
+        for c in range(grid):
+            tile = scene_crop(scenes[rng.randrange(len(scenes))], cell, rng)
+            canvas[:, r * cell : (r + 1) * cell, c * cell : (c + 1) * cell] = tile
+    return canvas
+
+
 def iter_training_samples(
     photo_dirs: Sequence[str | Path],
     scene_dirs: Sequence[str | Path] = (),
@@ -75,16 +89,19 @@ def iter_training_samples(
     max_photos: int = 2000,
     scene_files: Sequence[str | Path] = (),
     grids: Sequence[int] = GRID_CHOICES,
+    scene_grids: Sequence[int] = (1,),
 ) -> Iterator[Tensor]:
     """``count`` uint8 images (size x size), made one at a time: mosaics of photos, plus crops of scenes.
 
-    ``grids`` are the mosaic sizes drawn from (k x k photos per sample): larger k, smaller faces.
+    ``grids`` are the mosaic sizes drawn from (k x k photos per sample): larger k, smaller faces;
+    ``scene_grids`` the same for scene crops (k x k crops per sample).
     Deterministic for a given ``seed`` so a training run can be reproduced exactly. Bad arguments fail
     here, not at the first sample; samples are made lazily because thousands of 1024² images would
     not fit in memory next to the activation cache that consumes them.
     """
     check_grids(grids, size)
-    grid_choices = list(grids)
+    check_grids(scene_grids, size, "--scene-grids")
+    grid_choices, scene_choices = list(grids), list(scene_grids)
     rng = random.Random(seed)
     photo_files = [p for d in photo_dirs for p in list_images(d)]
     rng.shuffle(photo_files)
@@ -97,7 +114,9 @@ def iter_training_samples(
     def generate() -> Iterator[Tensor]:
         for _ in range(count):
             if scenes and (not photos or rng.random() < scene_fraction):
-                yield scene_crop(scenes[rng.randrange(len(scenes))], size, rng)
+                # one choice only: no draw, so seeds made before scene grids existed give the same samples
+                k = scene_choices[0] if len(scene_choices) == 1 else rng.choice(scene_choices)
+                yield scene_grid(scenes, k, size, rng)
             else:
                 yield mosaic(photos, rng.choice(grid_choices), size, rng)
 
