@@ -53,6 +53,11 @@ if [ -d "$(release 0.12)" ]; then
   tuned "$(release 0.12)" "$OUT/faceboxes-inception3-alpha0.12" --adapter 2
   retune "$OUT/faceboxes-inception3-alpha0.12" "${second[@]}" --lr-tail 5e-5
   retune "$OUT/faceboxes-inception3-alpha0.12" --samples 2048 --seed 3 --lr-tail 5e-5 --scene-fraction 0.75
+  # 4th and 5th: more small faces (finer photo mosaics, then street crops tiled 2x2 to 4x4 as crowds)
+  retune "$OUT/faceboxes-inception3-alpha0.12" --samples 2048 --seed 4 --lr-tail 5e-5 --scene-fraction 0.6 \
+    --mosaic-grids 6,8,12,16
+  retune "$OUT/faceboxes-inception3-alpha0.12" --samples 2048 --seed 5 --lr-tail 5e-5 --scene-fraction 0.75 \
+    --scene-grids 1,2,3,4 --mosaic-grids 1,2,3,4,6,8,12,16
 fi
 tuned "$(release 0.2)" "$OUT/faceboxes-inception3-alpha0.2"
 tuned "$(release 0.5)" "$OUT/faceboxes-inception3-alpha0.5" --adapter 2 "${second[@]}"
