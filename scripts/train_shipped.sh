@@ -39,7 +39,8 @@ veil train "${common[@]}" --alpha 0.8 --split rdcl --train-tail --granularity ch
 # 2. the tails, against the frozen releases (12-25 minutes a pass on 2 cores). alpha 0.12, 0.5, 0.8 and
 #    RDCL add a two-block server-side adapter (--adapter 2); alpha 0.12 and RDCL then take a second pass
 #    on twice the samples (retune), and a third with more street-scene crops (--scene-fraction 0.75):
-#    together +1 street-scene point for the default, +4 street and +6 WIDER points for RDCL
+#    together +1 street-scene point for the default, +4 street and +6 WIDER points for RDCL; then street
+#    crops tiled as crowds (--scene-grids): +1 street point for the default, +9 street and +5 WIDER for RDCL
 #    (README, "What this says").
 tuned() {  # release-dir out-dir [options]
   [ -d "$1" ] || return 0
@@ -66,6 +67,8 @@ if [ -d "$(release rdcl)" ]; then
   tuned "$(release rdcl)" "$OUT/faceboxes-rdcl-alpha0.8"
   retune "$OUT/faceboxes-rdcl-alpha0.8" --adapter 2 "${second[@]}"
   retune "$OUT/faceboxes-rdcl-alpha0.8" --samples 2048 --seed 3 --lr-tail 5e-5 --scene-fraction 0.75
+  retune "$OUT/faceboxes-rdcl-alpha0.8" --samples 2048 --seed 4 --lr-tail 5e-5 --scene-fraction 0.75 \
+    --scene-grids 1,2,3,4
 fi
 # mark the default configuration (what `--alpha A` and `veil demo` use)
 python3 - "$OUT" <<'PY'
