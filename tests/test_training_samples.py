@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,9 @@ import pytest
 import torch
 from torchvision.io import write_png
 
-from veil.data.images import iter_training_samples
+from veil.data.images import iter_training_samples, scene_crop
 from veil.errors import InputError
+from veil.imageio import list_images, load_image
 from veil.train import TrainConfig
 
 
@@ -63,8 +65,11 @@ def test_scene_grids_tile_scene_crops_so_their_faces_shrink(photos: Path) -> Non
         flat = cells.flatten(3)
         assert bool((flat == flat[..., :1]).all())  # each 16 px cell is one crop
         assert len({tuple(c) for c in flat[..., 0].flatten(1).T.tolist()}) >= 4  # of many scenes
-    again = _samples([], seed=4, scene_grids=[1], **kw)  # [1], the default: the samples made before
-    assert all(torch.equal(x, y) for x, y in zip(again, one, strict=True))
+    # [1], the default, draws no grid size: the same crops as before scene grids existed
+    rng = random.Random(4)
+    scenes = [load_image(f) for f in list_images(photos)]
+    before = [scene_crop(scenes[rng.randrange(len(scenes))], 64, rng) for _ in range(2)]
+    assert all(torch.equal(x, y) for x, y in zip(before, one, strict=True))
     with pytest.raises(InputError, match="--scene-grids must list sizes from 1 to 4"):
         iter_training_samples([], **{**kw, "scene_grids": [8]})
 

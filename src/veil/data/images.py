@@ -25,7 +25,7 @@ def check_grids(grids: Sequence[int], size: int, option: str = "--mosaic-grids")
     """One-line error for grid sizes that leave tiles under 16 px at ``size`` (or no sizes at all)."""
     if not grids or any(not 1 <= k <= size // 16 for k in grids):
         raise InputError(
-            f"{option} must list sizes from 1 to {size // 16}: grids of k x k tiles need tiles "
+            f"{option} must list sizes from 1 to {size // 16}: a k x k grid needs tiles "
             f"of at least 16 px at {size}px, got {list(grids)}"
         )
 
@@ -68,8 +68,6 @@ def scene_crop(img: Tensor, size: int, rng: random.Random) -> Tensor:
 def scene_grid(scenes: Sequence[Tensor], grid: int, size: int, rng: random.Random) -> Tensor:
     """``grid`` x ``grid`` crops of random scenes: small scene photos, cropped and enlarged, only ever show
     large faces; tiling them shows the same kind of scene with faces ``grid`` times smaller (crowds)."""
-    if grid == 1:
-        return scene_crop(scenes[rng.randrange(len(scenes))], size, rng)
     canvas = torch.zeros(3, size, size, dtype=torch.uint8)
     cell = size // grid
     for r in range(grid):
