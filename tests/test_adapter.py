@@ -29,6 +29,24 @@ def test_a_fresh_adapter_is_the_identity(faceboxes: nn.Module) -> None:
         assert not torch.allclose(tail(x)[1], adapted(x)[1])
 
 
+def test_a_trained_adapter_grows_without_changing_what_it_computes(faceboxes: nn.Module) -> None:
+    _, tail = faceboxes.split("inception3")
+    tail = attach_adapter(copy.deepcopy(tail), 128, blocks=2, hidden=16).eval()
+    with torch.no_grad():
+        for p in tail.adapter.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # as if trained
+    x = torch.randn(1, 128, 8, 8)
+    with torch.no_grad():
+        before = tail(x)
+        attach_adapter(tail, 128, blocks=3, hidden=16)
+        after = tail(x)
+    assert tail.adapter.shape == (128, 3, 16)
+    for a, b in zip(before, after, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    with pytest.raises(TransformError, match="3 trained blocks.*--adapter 3 or more"):
+        attach_adapter(tail, 128, blocks=2, hidden=16)
+
+
 def test_shape_is_read_back_from_a_state_dict(faceboxes: nn.Module) -> None:
     tail = copy.deepcopy(faceboxes.split("rdcl")[1])  # the session model stays as loaded
     attach_adapter(tail, 128, blocks=3, hidden=24)

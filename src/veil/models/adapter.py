@@ -65,13 +65,26 @@ def adapter_shape(state: Mapping[str, Tensor]) -> tuple[int, int, int] | None:
 
 
 def attach_adapter(tail: nn.Module, channels: int, blocks: int, hidden: int = 64) -> nn.Module:
-    """Give ``tail`` an adapter (a no-op if it already has one of this shape); returns the tail."""
+    """Give ``tail`` an adapter of ``blocks`` blocks; returns the tail.
+
+    A no-op if it already has one of this shape. A trained adapter of the same width with fewer blocks
+    grows: its blocks are kept and the new ones start as the identity, so the tail computes what it did
+    before and a further tuning pass starts from there, not from scratch.
+    """
     current = getattr(tail, "adapter", None)
     if isinstance(current, ReleaseAdapter) and current.shape == (channels, blocks, hidden):
         return tail
     if not hasattr(tail, "adapter"):
         raise TransformError(f"{type(tail).__name__} cannot take a server-side adapter")
-    setattr(tail, "adapter", ReleaseAdapter(channels, blocks, hidden))  # noqa: B010
+    fresh = ReleaseAdapter(channels, blocks, hidden)
+    if isinstance(current, ReleaseAdapter) and current.shape[::2] == (channels, hidden):
+        if current.shape[1] > blocks:
+            raise TransformError(
+                f"the tail's adapter has {current.shape[1]} trained blocks; dropping some would change "
+                f"what it computes: use --adapter {current.shape[1]} or more"
+            )
+        fresh.blocks[: current.shape[1]].load_state_dict(current.blocks.state_dict())
+    setattr(tail, "adapter", fresh)  # noqa: B010
     return tail
 
 
