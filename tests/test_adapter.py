@@ -43,7 +43,7 @@ def test_a_trained_adapter_grows_without_changing_what_it_computes(faceboxes: nn
     assert tail.adapter.shape == (128, 3, 16)
     for a, b in zip(before, after, strict=True):
         assert torch.allclose(a, b, atol=1e-6)
-    with pytest.raises(TransformError, match="3 trained blocks.*--adapter 3 or more"):
+    with pytest.raises(TransformError, match=r"3 trained blocks.*--adapter 3 or more"):
         attach_adapter(tail, 128, blocks=2, hidden=16)
 
 
