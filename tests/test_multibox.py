@@ -101,6 +101,8 @@ def test_tiny_multibox_run_lowers_the_task_loss(weights: Path, mask_scenes: Path
     [
         (["--task", "multibox", "--images", "x"], "--labels"),
         (["--task", "regress", "--labels", "x"], "--task must be"),
+        (["--task", "mixed", "--images", "x"], "--task mixed adds MultiBox"),
+        (["--label-weight", "2", "--images", "x"], "--label-weight"),
         (["--labels-part", "half", "--labels", "x"], "--labels-part"),
         ([], "no training data"),
         (["--privacy", "most", "--images", "x"], "--privacy"),

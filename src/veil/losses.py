@@ -12,6 +12,7 @@ from torch import Tensor
 from veil.noise import NoiseTransform
 
 DISTILL_WEIGHTS = ("score", "uniform")
+TASKS = ("distill", "multibox", "mixed")  # label-free, supervised, or both
 
 
 def distillation_loss(

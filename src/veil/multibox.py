@@ -55,14 +55,21 @@ def match(boxes: Tensor, anchors: Tensor, threshold: float = MATCH_IOU) -> tuple
     return encode(boxes[best_box], anchors), labels
 
 
-def multibox_loss(loc: Tensor, conf: Tensor, loc_t: Tensor, labels: Tensor) -> Tensor:
-    """Smooth-L1 on face anchors + cross-entropy on faces and the hardest 3x as many negatives."""
+def multibox_loss(
+    loc: Tensor, conf: Tensor, loc_t: Tensor, labels: Tensor, spare: Tensor | None = None
+) -> Tensor:
+    """Smooth-L1 on face anchors + cross-entropy on faces and the hardest 3x as many negatives.
+
+    ``spare`` [S, A]: anchors never taken as negatives (unlabeled, but possibly faces).
+    """
     pos = labels > 0
     ce = F.cross_entropy(conf.reshape(-1, 2), labels.reshape(-1).long(), reduction="none").view(pos.shape)
-    hardness = ce.detach().masked_fill(pos, 0.0)
+    hardness = ce.detach().masked_fill(pos if spare is None else pos | spare, 0.0)
     rank = hardness.argsort(1, descending=True).argsort(1)
     num_neg = (NEG_POS_RATIO * pos.sum(1, keepdim=True)).clamp(max=pos.shape[1] - 1)
     neg = rank < num_neg
+    if spare is not None:
+        neg &= ~spare
     n = pos.sum().clamp_min(1)
     box = F.smooth_l1_loss(loc[pos], loc_t[pos], reduction="sum")
     return (box + ce[pos | neg].sum()) / n + 0.0 * loc.sum()  # loc stays in the graph (DDP)

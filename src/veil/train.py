@@ -29,14 +29,13 @@ from veil.adversary import OnlineAttacker, adversary_photos, build_online_attack
 from veil.artifact import save_transform
 from veil.data.images import GRID_CHOICES, check_grids
 from veil.errors import InputError
-from veil.losses import DISTILL_WEIGHTS, distillation_loss, privacy_loss
+from veil.losses import DISTILL_WEIGHTS, TASKS, privacy_loss
 from veil.models import create_model, get_spec, split_model
 from veil.models.adapter import attach_adapter
 from veil.models.checkpoint import sha256_file
-from veil.multibox import multibox_loss
 from veil.noise import Granularity, NoiseTransform
 from veil.split import split_block
-from veil.train_cache import Cache, cache_metrics, encode, prepare_cache
+from veil.train_cache import Cache, cache_metrics, encode, prepare_cache, task_loss
 from veil.train_init import carry_release_log, start_from
 
 
@@ -50,7 +49,8 @@ class TrainConfig:
     scenes: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)  # annotated datasets (FDDB or WIDER layout)
     labels_part: str = "all"  # "train": only the half that evaluation's "test" part never sees
-    task: str = "distill"  # or "multibox" (supervised, needs labels)
+    task: str = "distill"  # "multibox" (supervised, needs labels) or "mixed" (both, half the samples boxed)
+    label_weight: float = 1.0  # mixed: weight of MultiBox on the boxed samples against distillation
     distill_weights: str = "score"  # face anchors count by clean score, or "uniform" (small faces as much)
     scene_fraction: float = 0.25  # share of samples cropped from scenes (the rest: photo mosaics)
     mosaic_grids: list[int] = field(default_factory=lambda: list(GRID_CHOICES))  # k x k photos per mosaic
@@ -90,8 +90,15 @@ class TrainConfig:
         """Refuse option values the run would otherwise silently ignore (CLI and library alike)."""
         from veil.data.labels import PARTS
 
-        if self.task not in ("distill", "multibox"):
-            raise InputError(f"--task must be distill or multibox, got {self.task!r}")
+        if self.task not in TASKS:
+            raise InputError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.task == "mixed" and not self.labels:
+            raise InputError("--task mixed adds MultiBox on annotated boxes: pass --labels DIR")
+        if self.label_weight <= 0 or (self.label_weight != 1.0 and self.task != "mixed"):
+            raise InputError(
+                f"--label-weight must be > 0 and only weighs --task mixed's MultiBox term, got "
+                f"{self.label_weight} with --task {self.task}"
+            )
         if self.distill_weights not in DISTILL_WEIGHTS:
             raise InputError(f"--distill-weights must be score or uniform, got {self.distill_weights!r}")
         if self.task == "multibox" and (not self.labels or self.images or self.scenes):
@@ -317,10 +324,7 @@ def train(
             noise.suppress_above(cfg.suppress_factor * noise.smax)
         idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
         loc, conf = ddp(cache.activations[idx])
-        if cache.label is not None and cache.loc_target is not None:
-            task = multibox_loss(loc, conf, cache.loc_target[idx], cache.label[idx])
-        else:
-            task = distillation_loss(loc, conf, cache.face_prob[idx], cache.loc[idx], cfg.distill_weights)
+        task = task_loss(cache, idx, loc, conf, cfg)
         priv = privacy_loss(noise, channel_std, per_request=cfg.privacy_pool == "request")
         attack_vs_floor = float("nan")
         if attacker is not None and cfg.adversary_reset and step and step % cfg.adversary_reset == 0:

@@ -19,6 +19,8 @@ from tqdm import tqdm
 
 from veil.errors import InputError
 from veil.imageio import preprocess
+from veil.losses import distillation_loss
+from veil.multibox import multibox_loss
 from veil.noise import NoiseTransform, snr_db
 
 if TYPE_CHECKING:
@@ -34,6 +36,7 @@ class Cache:
     loc: Tensor  # [S, A, 4]
     loc_target: Tensor | None = None  # [S, A, 4] matched boxes (multibox only)
     label: Tensor | None = None  # [S, A] 1 = face anchor (multibox only)
+    labeled: Tensor | None = None  # [S] True where the sample has boxes (mixed only)
 
 
 @torch.no_grad()
@@ -107,16 +110,22 @@ def prepare_cache(
     from veil.multibox import labeled_samples, match_samples
 
     labeled = [load_dataset(d).part(cfg.labels_part) for d in cfg.labels]
-    if cfg.task == "multibox":
-        samples = labeled_samples(labeled, cfg.samples, cfg.input_size, cfg.seed, progress)[rank::world]
-        cache = build_cache(head, tail, [s.image for s in samples], cfg.input_size, progress, block)
-        cache.loc_target, cache.label = match_samples(samples, cfg.input_size)
-        return cache
+    boxed = cfg.samples if cfg.task == "multibox" else cfg.samples // 2 if cfg.task == "mixed" else 0
+    parts = []
+    if boxed:
+        samples = labeled_samples(labeled, boxed, cfg.input_size, cfg.seed, progress)[rank::world]
+        part = build_cache(head, tail, [s.image for s in samples], cfg.input_size, progress, block)
+        part.loc_target, part.label = match_samples(samples, cfg.input_size)
+        if cfg.task == "multibox":
+            return part
+        part.labeled = torch.ones(len(samples), dtype=torch.bool)
+        parts.append(part)
     extra = [img.path for d in labeled for img in d.images]  # boxes unused: unlabeled target-domain scenes
+    count = cfg.samples - boxed
     images = iter_training_samples(
         cfg.images,
         cfg.scenes,
-        count=cfg.samples,
+        count=count,
         size=cfg.input_size,
         scene_fraction=cfg.scene_fraction,
         seed=cfg.seed,
@@ -125,8 +134,47 @@ def prepare_cache(
         scene_grids=cfg.scene_grids,
     )
     mine = itertools.islice(images, rank, None, world)  # every world-th sample, as a list slice would
-    total = len(range(rank, cfg.samples, world))
-    return build_cache(head, tail, mine, cfg.input_size, progress, block, total=total)
+    total = len(range(rank, count, world))
+    unboxed = build_cache(head, tail, mine, cfg.input_size, progress, block, total=total)
+    return _merge(unboxed, parts[0]) if parts else unboxed
+
+
+def _merge(unboxed: Cache, boxed: Cache) -> Cache:
+    """One cache for ``--task mixed``: every sample has the clean model's outputs, some also boxes."""
+    assert boxed.loc_target is not None and boxed.label is not None
+    n, m = unboxed.activations.shape[0], boxed.label.shape[0]
+
+    def padded(t: Tensor) -> Tensor:  # no boxes: no face anchors, no regression targets
+        return torch.cat([t.new_zeros((n, *t.shape[1:])), t])
+
+    return Cache(
+        torch.cat([unboxed.activations, boxed.activations]),
+        torch.cat([unboxed.face_prob, boxed.face_prob]),
+        torch.cat([unboxed.loc, boxed.loc]),
+        loc_target=padded(boxed.loc_target),
+        label=padded(boxed.label),
+        labeled=torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(m, dtype=torch.bool)]),
+    )
+
+
+def task_loss(cache: Cache, idx: Tensor, loc: Tensor, conf: Tensor, cfg: TrainConfig) -> Tensor:
+    """The step's task loss: distillation (label-free), MultiBox on boxes, or both (``mixed``).
+
+    Mixed: every sample is distilled from the clean model, and the boxed ones add ``label_weight`` x
+    MultiBox, whose hard negatives spare the anchors the clean model calls faces, so that faces the
+    annotators left out (a crowd's smallest) are not trained away.
+    """
+    if cache.label is None or cache.loc_target is None:
+        return distillation_loss(loc, conf, cache.face_prob[idx], cache.loc[idx], cfg.distill_weights)
+    if cache.labeled is None:
+        return multibox_loss(loc, conf, cache.loc_target[idx], cache.label[idx])
+    loss = distillation_loss(loc, conf, cache.face_prob[idx], cache.loc[idx], cfg.distill_weights)
+    sel = cache.labeled[idx]
+    if bool(sel.any()):
+        spare = cache.face_prob[idx][sel] > 0.05
+        boxes = multibox_loss(loc[sel], conf[sel], cache.loc_target[idx][sel], cache.label[idx][sel], spare)
+        loss = loss + cfg.label_weight * boxes
+    return loss
 
 
 @torch.no_grad()

@@ -54,7 +54,10 @@ def train(
         [], "--labels", help="Annotated dataset (FDDB/WIDER layout): boxes for --task multibox, else scenes."
     ),
     labels_part: str = typer.Option("all", help="Use this half of --labels: all, train or test."),
-    task: str = typer.Option("distill", help="distill (label-free, default) or multibox (supervised)."),
+    task: str = typer.Option(
+        "distill", help="distill (label-free, default), multibox (supervised) or mixed (both: half boxed)."
+    ),
+    label_weight: float = typer.Option(1.0, help="--task mixed: weight of MultiBox against distillation."),
     distill_weights: str = typer.Option(
         "score", help="Face anchors count by clean score, or uniform (small faces count as much)."
     ),
@@ -138,6 +141,7 @@ def train(
         labels=labels,
         labels_part=labels_part,
         task=task,
+        label_weight=label_weight,
         distill_weights=distill_weights,
         scene_fraction=scene_fraction,
         mosaic_grids=int_list(mosaic_grids, "--mosaic-grids"),

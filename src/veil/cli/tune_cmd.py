@@ -33,6 +33,8 @@ def tune_config(source: Path, weights: Path, **overrides: Any) -> Any:
     for key in ("init", "freeze_release", "adversary_reset"):
         base.pop(key, None)
     given = {k: v for k, v in overrides.items() if v is not None and v != []}
+    if given.get("task", base.get("task")) != "mixed" and "label_weight" not in given:
+        base.pop("label_weight", None)  # weighs only mixed's MultiBox term
     if given.get("task") == "multibox":  # supervised: boxes only, not the source's unlabeled photos
         base["images"], base["scenes"] = given.get("images", []), []
     base.update(given)
@@ -66,7 +68,8 @@ def tune_tail(
     images: list[Path] = typer.Option([], "--images", "-i", help="Photos (default: the source's)."),
     labels: list[Path] = typer.Option([], "--labels", help="Datasets (default: the source's)."),
     labels_part: str | None = typer.Option(None, help="all, train or test half of --labels."),
-    task: str | None = typer.Option(None, help="distill or multibox (default: the source's)."),
+    task: str | None = typer.Option(None, help="distill, multibox or mixed (default: the source's)."),
+    label_weight: float | None = typer.Option(None, help="--task mixed: weight of MultiBox (default 1)."),
     distill_weights: str | None = typer.Option(None, help="score or uniform (default: the source's)."),
     scene_fraction: float | None = typer.Option(None, help="Share of samples cropped from scenes."),
     mosaic_grids: str | None = typer.Option(
@@ -100,6 +103,7 @@ def tune_tail(
         labels=[str(p) for p in labels],
         labels_part=labels_part,
         task=task,
+        label_weight=label_weight,
         distill_weights=distill_weights,
         scene_fraction=scene_fraction,
         mosaic_grids=_grids(mosaic_grids, "--mosaic-grids"),
