@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -117,3 +119,23 @@ def test_split_model_release_is_noisy(faceboxes: torch.nn.Module) -> None:
         loc, conf = model(x)
     assert released.shape == clean.shape and not torch.allclose(released, clean)
     assert loc.shape[-1] == 4 and conf.shape[-1] == 2
+
+
+def test_scale_noise_diagnostic_scales_sigma_exactly() -> None:
+    """scripts/scale_noise.py: the copy's sigma is scale x the original's (0: practically no noise)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "scale_noise.py"
+    spec = importlib.util.spec_from_file_location("scale_noise", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    noise = NoiseTransform((4, 3, 3), smin=0.1, smax=2.0, granularity="channel", seed=0)
+    with torch.no_grad():
+        noise.rho.copy_(torch.linspace(-2, 2, noise.rho.numel()).view_as(noise.rho))
+    sigma = noise.sigma()
+    for scale in (1.0, 0.5, 0.0):
+        rho = module.scaled_rho(noise.rho, sigma, noise.smin, noise.smax, scale)
+        scaled = noise.smin + (noise.smax - noise.smin) * (1 + torch.tanh(rho)) / 2
+        assert torch.allclose(scaled - noise.smin, scale * (sigma - noise.smin), atol=1e-5), scale
+        assert torch.isfinite(rho).all()
