@@ -8,8 +8,9 @@ The copy keeps the release's deterministic part (the fine-tuned head block, μ, 
 channels) and multiplies every σ by ``--scale`` (0: no noise at all). Evaluated with the transform's own
 tail, it says whether the random draws cost the accuracy; with a tail tuned on it, it is the ceiling
 that *any* server-side tail can reach for that release: if the ceiling is below a target, only a new
-release (and a new privacy audit) can meet it. The copy is marked ``"diagnostic"`` and must never be
-served: it hides nothing the scale removed.
+release (and a new privacy audit) can meet it. The copy is marked ``"diagnostic"`` (and so is any tail
+tuned from it): it hides nothing the scale removed, so the Triton client refuses to send it unless told
+``--allow-clean``.
 """
 
 from __future__ import annotations

@@ -152,3 +152,34 @@ def test_cli_tunes_and_refuses_bad_targets(source: Path, weights: Path, tmp_path
     missing = run_veil(*base, "--transform", str(tmp_path / "nope"), "--out", str(tmp_path / "y"))
     assert missing.returncode == 2 and "not found" in missing.stderr
     assert missing.stderr.strip().count("\n") == 0
+
+
+def test_a_diagnostic_copy_keeps_its_mark_and_is_never_sent(
+    source: Path, weights: Path, tmp_path: Path
+) -> None:
+    """scripts/scale_noise.py --scale 0: the copy, and tails tuned from it, are refused by the client."""
+    import subprocess
+    import sys
+
+    from veil.cli.common import remote_detector
+    from veil.errors import VeilError
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "scale_noise.py"
+    copy = tmp_path / "noiseless"
+    done = subprocess.run(
+        [sys.executable, str(script), str(source), str(copy), "--scale", "0"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    a, b = load_transform(source, weights), load_transform(copy, weights)
+    assert torch.equal(a.noise.mu, b.noise.mu) and torch.equal(a.noise.keep, b.noise.keep)
+    assert float(b.noise.sigma().max()) < 1e-5 * a.noise.smax < float(a.noise.sigma().max())
+    assert "sigma x 0.0" in b.meta["diagnostic"] and release_digest(a) != release_digest(b)
+    tuned = tmp_path / "tuned"
+    train(tune_config(copy, weights, steps=2, samples=4, batch_size=2), tuned, progress=False)
+    assert load_transform(tuned, weights).meta["diagnostic"] == b.meta["diagnostic"]
+    for path in (copy, tuned):  # refused before any connection is tried
+        with pytest.raises(VeilError, match="diagnostic copy"):
+            remote_detector("127.0.0.1:9", weights, path)
+    same = [sys.executable, str(script), str(source), str(source), "--scale", "0"]
+    refused = subprocess.run(same, capture_output=True, text=True)
+    assert refused.returncode != 0 and "OUT must differ" in refused.stderr

@@ -372,6 +372,8 @@ def train(
         }
         if origin is not None:
             meta["init_from"] = origin
+            if origin.get("diagnostic"):
+                meta["diagnostic"] = origin["diagnostic"]
         tail_state = dict(tail.state_dict()) if cfg.train_tail else None
         head_state = _block_state(head, trained_block) if trained_block is not None else None
         save_transform(out, noise, meta, tail_state=tail_state, head_state=head_state)

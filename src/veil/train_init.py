@@ -81,6 +81,8 @@ def start_from(
     }
     if cfg.freeze_release:
         provenance["release_train"] = earlier.get("release_train") or tr.meta.get("train", {})
+    if tr.meta.get("diagnostic"):  # scripts/scale_noise.py: whatever starts from it inherits the mark
+        provenance["diagnostic"] = tr.meta["diagnostic"]
     return noise, provenance
 
 

@@ -105,6 +105,11 @@ def remote_detector(
         )
     else:
         tr = load_transform(transform, w)
+        if tr.meta.get("diagnostic") and not allow_clean:
+            raise VeilError(
+                f"{transform} is a diagnostic copy ({tr.meta['diagnostic']}) that hides what its noise "
+                "no longer adds: send a real transform, or add --allow-clean to do so knowingly"
+            )
         client = VeilClient(
             server, protocol, head=transform_head(w, tr), noise=tr.noise, access_token=access_token, post=post
         )
