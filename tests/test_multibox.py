@@ -103,6 +103,7 @@ def test_tiny_multibox_run_lowers_the_task_loss(weights: Path, mask_scenes: Path
         (["--task", "regress", "--labels", "x"], "--task must be"),
         (["--task", "mixed", "--images", "x"], "--task mixed adds MultiBox"),
         (["--label-weight", "2", "--images", "x"], "--label-weight"),
+        (["--suppress-max", "1.5", "--images", "x"], "--suppress-max"),
         (["--labels-part", "half", "--labels", "x"], "--labels-part"),
         ([], "no training data"),
         (["--privacy", "most", "--images", "x"], "--privacy"),

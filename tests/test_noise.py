@@ -139,3 +139,15 @@ def test_scale_noise_diagnostic_scales_sigma_exactly() -> None:
         scaled = noise.smin + (noise.smax - noise.smin) * (1 + torch.tanh(rho)) / 2
         assert torch.allclose(scaled - noise.smin, scale * (sigma - noise.smin), atol=1e-5), scale
         assert torch.isfinite(rho).all()
+
+
+def test_suppression_cap_keeps_all_but_the_noisiest() -> None:
+    """--suppress-max: past the cap only the noisiest elements go; the server never gets nothing."""
+    noise = NoiseTransform((8, 1, 1), smax=4.0, granularity="channel", seed=0)
+    with torch.no_grad():
+        noise.rho.copy_(torch.linspace(2.0, 3.0, 8).view(8, 1, 1))  # every sigma above 3.5, ordered
+        assert noise.suppress_above(3.5) == 8  # uncapped: the whole release would be constant
+        assert noise.suppress_above(3.5, max_fraction=0.25) == 2
+    assert noise.keep.flatten().tolist() == [True] * 6 + [False] * 2  # the two largest sigmas
+    with torch.no_grad():
+        assert noise.suppress_above(3.9999, max_fraction=0.5) == 0  # the cap never adds suppression

@@ -118,10 +118,21 @@ class NoiseTransform(nn.Module):
             return self.typical_sigma.clone()
         return self.sigma().expand(self.shape).mean()
 
-    def suppress_above(self, threshold: float) -> int:
-        """Replace elements with sigma > threshold by the constant mu; returns how many were suppressed."""
+    def suppress_above(self, threshold: float, max_fraction: float = 1.0) -> int:
+        """Replace elements with sigma > threshold by the constant mu; returns how many were suppressed.
+
+        ``max_fraction`` caps the suppressed share: past it only the noisiest elements are suppressed,
+        so a strong alpha cannot leave the server (almost) nothing to detect from.
+        """
         with torch.no_grad():
-            self.keep.copy_(self.sigma() <= threshold)
+            sigma = self.sigma().expand_as(self.keep)
+            drop = sigma > threshold
+            most = int(max_fraction * drop.numel())
+            if int(drop.sum()) > most:
+                drop = torch.zeros_like(drop).flatten()
+                drop[sigma.flatten().topk(most).indices] = True
+                drop = drop.view_as(self.keep)
+            self.keep.copy_(~drop)
         return int((~self.keep).sum())
 
     @property

@@ -80,6 +80,7 @@ class TrainConfig:
     smax_factor: float = 8.0  # smax = factor x the clean activation's std
     suppress_factor: float = 0.95  # suppress elements whose sigma > factor x smax ...
     suppress_from: float = 0.7  # ... from this fraction of the steps on (the rest adapts to the mask)
+    suppress_max: float = 1.0  # ... but never more than this share of the elements (the noisiest)
     seed: int = 0
     log_every: int = 10
     tail_adapter: int = 0  # residual blocks a server-side adapter puts before the tail (0: none)
@@ -155,6 +156,8 @@ class TrainConfig:
             raise InputError("--adapter adds layers to the tail that must be trained: add --train-tail")
         if self.adversary_steps < 1:
             raise InputError(f"--adversary-steps must be >= 1, got {self.adversary_steps}")
+        if not 0.0 <= self.suppress_max <= 1.0:
+            raise InputError(f"--suppress-max is a share of the elements, in [0, 1]; got {self.suppress_max}")
         if not 0.0 <= self.scene_fraction <= 1.0:
             raise InputError(f"--scene-fraction must be in [0, 1], got {self.scene_fraction}")
         check_grids(self.mosaic_grids, self.input_size)
@@ -321,7 +324,7 @@ def train(
         if step == suppress_at and not noise.conditional and not cfg.freeze_release:
             # From here on, suppressed elements are the constant mu during training too, so the tail
             # learns to work with exactly what inference will send (not with noise it will never see).
-            noise.suppress_above(cfg.suppress_factor * noise.smax)
+            noise.suppress_above(cfg.suppress_factor * noise.smax, cfg.suppress_max)
         idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
         loc, conf = ddp(cache.activations[idx])
         task = task_loss(cache, idx, loc, conf, cfg)

@@ -115,6 +115,9 @@ def train(
     suppress_factor: float = typer.Option(
         0.95, help="Suppress (send the constant mu) where sigma ends above this share of the cap; > 1: never."
     ),
+    suppress_max: float = typer.Option(
+        1.0, help="Suppress at most this share of the elements (the noisiest); 1: no cap."
+    ),
     size: int = typer.Option(1024, help="Input size the transform is trained for."),
     seed: int = typer.Option(0, help="Seed of the data augmentation (the noise itself stays OS-seeded)."),
     threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
@@ -158,6 +161,7 @@ def train(
         adversary_reset=adversary_reset,
         smax_factor=smax_factor,
         suppress_factor=suppress_factor,
+        suppress_max=suppress_max,
     )
     set_threads(threads)
     metrics = run(cfg, out, progress=not quiet)
