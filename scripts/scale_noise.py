@@ -33,7 +33,7 @@ def scaled_rho(
     """The rho whose sigma is ``scale`` x ``sigma`` (clamped to the learnable range)."""
     if smax <= smin:
         return rho.clone()
-    target = ((smin + scale * (sigma - smin)) - smin) / (smax - smin)  # in [0, 1]
+    target = scale * (sigma - smin) / (smax - smin)  # the new sigma's place in [smin, smax], in [0, 1]
     return torch.atanh((2 * target - 1).clamp(-math.tanh(SATURATED), math.tanh(SATURATED)))
 
 

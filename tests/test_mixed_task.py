@@ -52,13 +52,14 @@ def test_mixed_cache_boxes_half_the_samples(weights: Path, shared_dir: Path, mas
     cfg = _mixed(weights, shared_dir, mask_scenes)
     head, tail = split_model(create_model("faceboxes", weights).eval(), cfg.split)
     cache = prepare_cache(cfg, head, tail, rank=0, world=1, progress=False)
-    assert cache.labeled is not None and cache.label is not None and cache.loc_target is not None
+    assert cache.label is not None and cache.loc_target is not None
     assert cache.activations.shape[0] == cfg.samples
-    assert int(cache.labeled.sum()) == cfg.samples // 2
-    assert int(cache.label[~cache.labeled].sum()) == 0  # photos and unboxed scenes carry no face anchors
-    assert int(cache.label[cache.labeled].sum()) > 0  # the boxed street crops do
+    boxed = cfg.samples // 2
+    assert cache.first_boxed == cfg.samples - boxed  # photos and unboxed scenes first, no boxes rows
+    assert cache.label.shape[0] == cache.loc_target.shape[0] == boxed
+    assert int(cache.label.sum()) > 0  # the boxed street crops carry face anchors
     # every sample, boxed or not, keeps the clean model's outputs for distillation
-    assert float(cache.face_prob[cache.labeled].max()) > 0.5
+    assert float(cache.face_prob[cache.first_boxed :].max()) > 0.5
 
 
 def test_tiny_mixed_run_learns_and_records_its_task(

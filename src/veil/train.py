@@ -156,6 +156,8 @@ class TrainConfig:
             raise InputError("--adapter adds layers to the tail that must be trained: add --train-tail")
         if self.adversary_steps < 1:
             raise InputError(f"--adversary-steps must be >= 1, got {self.adversary_steps}")
+        if self.samples < 1:
+            raise InputError(f"--samples must be >= 1, got {self.samples}")
         if not 0.0 <= self.suppress_max <= 1.0:
             raise InputError(f"--suppress-max is a share of the elements, in [0, 1]; got {self.suppress_max}")
         if not 0.0 <= self.scene_fraction <= 1.0:

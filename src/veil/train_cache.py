@@ -34,9 +34,9 @@ class Cache:
     activations: Tensor  # [S, C, H, W]
     face_prob: Tensor  # [S, A]
     loc: Tensor  # [S, A, 4]
-    loc_target: Tensor | None = None  # [S, A, 4] matched boxes (multibox only)
-    label: Tensor | None = None  # [S, A] 1 = face anchor (multibox only)
-    labeled: Tensor | None = None  # [S] True where the sample has boxes (mixed only)
+    loc_target: Tensor | None = None  # [B, A, 4] matched boxes of the boxed samples (multibox, mixed)
+    label: Tensor | None = None  # [B, A] 1 = face anchor
+    first_boxed: int = 0  # the boxed samples are the last B: sample i has boxes row i - first_boxed
 
 
 @torch.no_grad()
@@ -111,49 +111,39 @@ def prepare_cache(
 
     labeled = [load_dataset(d).part(cfg.labels_part) for d in cfg.labels]
     boxed = cfg.samples if cfg.task == "multibox" else cfg.samples // 2 if cfg.task == "mixed" else 0
-    parts = []
-    if boxed:
-        samples = labeled_samples(labeled, boxed, cfg.input_size, cfg.seed, progress)[rank::world]
-        part = build_cache(head, tail, [s.image for s in samples], cfg.input_size, progress, block)
-        part.loc_target, part.label = match_samples(samples, cfg.input_size)
-        if cfg.task == "multibox":
-            return part
-        part.labeled = torch.ones(len(samples), dtype=torch.bool)
-        parts.append(part)
-    extra = [img.path for d in labeled for img in d.images]  # boxes unused: unlabeled target-domain scenes
-    count = cfg.samples - boxed
-    images = iter_training_samples(
-        cfg.images,
-        cfg.scenes,
-        count=count,
-        size=cfg.input_size,
-        scene_fraction=cfg.scene_fraction,
-        seed=cfg.seed,
-        scene_files=extra,
-        grids=cfg.mosaic_grids,
-        scene_grids=cfg.scene_grids,
-    )
-    mine = itertools.islice(images, rank, None, world)  # every world-th sample, as a list slice would
-    total = len(range(rank, count, world))
-    unboxed = build_cache(head, tail, mine, cfg.input_size, progress, block, total=total)
-    return _merge(unboxed, parts[0]) if parts else unboxed
-
-
-def _merge(unboxed: Cache, boxed: Cache) -> Cache:
-    """One cache for ``--task mixed``: every sample has the clean model's outputs, some also boxes."""
-    assert boxed.loc_target is not None and boxed.label is not None
-    n, m = unboxed.activations.shape[0], boxed.label.shape[0]
-
-    def padded(t: Tensor) -> Tensor:  # no boxes: no face anchors, no regression targets
-        return torch.cat([t.new_zeros((n, *t.shape[1:])), t])
-
-    return Cache(
-        torch.cat([unboxed.activations, boxed.activations]),
-        torch.cat([unboxed.face_prob, boxed.face_prob]),
-        torch.cat([unboxed.loc, boxed.loc]),
-        loc_target=padded(boxed.loc_target),
-        label=padded(boxed.label),
-        labeled=torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(m, dtype=torch.bool)]),
+    count, cache = cfg.samples - boxed, None
+    if count:  # photo mosaics and scene crops, distillation only
+        extra = [
+            img.path for d in labeled for img in d.images
+        ]  # boxes unused: unlabeled target-domain scenes
+        images = iter_training_samples(
+            cfg.images,
+            cfg.scenes,
+            count=count,
+            size=cfg.input_size,
+            scene_fraction=cfg.scene_fraction,
+            seed=cfg.seed,
+            scene_files=extra,
+            grids=cfg.mosaic_grids,
+            scene_grids=cfg.scene_grids,
+        )
+        mine = itertools.islice(images, rank, None, world)  # every world-th sample, as a list slice would
+        total = len(range(rank, count, world))
+        cache = build_cache(head, tail, mine, cfg.input_size, progress, block, total=total)
+        if not boxed:
+            return cache
+    samples = labeled_samples(labeled, boxed, cfg.input_size, cfg.seed, progress)[rank::world]
+    part = build_cache(head, tail, [s.image for s in samples], cfg.input_size, progress, block)
+    part.loc_target, part.label = match_samples(samples, cfg.input_size)
+    if cache is None:  # multibox: every sample boxed
+        return part
+    return Cache(  # mixed: distilled samples first, then the boxed ones (distilled as well)
+        torch.cat([cache.activations, part.activations]),
+        torch.cat([cache.face_prob, part.face_prob]),
+        torch.cat([cache.loc, part.loc]),
+        loc_target=part.loc_target,
+        label=part.label,
+        first_boxed=cache.activations.shape[0],
     )
 
 
@@ -166,13 +156,17 @@ def task_loss(cache: Cache, idx: Tensor, loc: Tensor, conf: Tensor, cfg: TrainCo
     """
     if cache.label is None or cache.loc_target is None:
         return distillation_loss(loc, conf, cache.face_prob[idx], cache.loc[idx], cfg.distill_weights)
-    if cache.labeled is None:
-        return multibox_loss(loc, conf, cache.loc_target[idx], cache.label[idx])
-    loss = distillation_loss(loc, conf, cache.face_prob[idx], cache.loc[idx], cfg.distill_weights)
-    sel = cache.labeled[idx]
+    row = idx - cache.first_boxed
+    if cfg.task == "multibox":
+        return multibox_loss(loc, conf, cache.loc_target[row], cache.label[row])
+    face_prob = cache.face_prob[idx]
+    loss = distillation_loss(loc, conf, face_prob, cache.loc[idx], cfg.distill_weights)
+    sel = row >= 0
     if bool(sel.any()):
-        spare = cache.face_prob[idx][sel] > 0.05
-        boxes = multibox_loss(loc[sel], conf[sel], cache.loc_target[idx][sel], cache.label[idx][sel], spare)
+        rows = row[sel]
+        boxes = multibox_loss(
+            loc[sel], conf[sel], cache.loc_target[rows], cache.label[rows], spare=face_prob[sel] > 0.05
+        )
         loss = loss + cfg.label_weight * boxes
     return loss
 
