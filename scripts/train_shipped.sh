@@ -6,7 +6,7 @@
 # scenes (their boxes unused), so that the *test* half, the FDDB sample and the WIDER sample are never
 # seen in training.
 # Reference-design compatible: split after RDCL (the reference's 1x128x32x32 interface, same wire shape),
-# noise and tail only (nothing precedes RDCL in the head to fine-tune).
+# noise and tail only (the shipped file predates `--train-head` at rdcl, which fine-tunes RDCL's conv2).
 # Training draws its noise from OS entropy, so a rerun gives a transform of the same quality, not the
 # same bytes (two runs of one recipe differ by 1-2 AP points).
 set -euo pipefail

@@ -28,8 +28,6 @@ def test_split_block_recomposes_the_head(faceboxes: nn.Module) -> None:
         assert torch.equal(block(pre(x)), head(x))
     # the block shares the model's parameters (training it trains the model's head)
     assert block[0] is faceboxes.inception3
-    with pytest.raises(SplitPointError, match="later split"):
-        split_block(faceboxes, "rdcl")
     with pytest.raises(SplitPointError, match="valid split points"):
         split_block(faceboxes, "conv4")
     # two blocks: inception2 and inception3 are fine-tuned, the head up to inception1 stays frozen
@@ -37,8 +35,23 @@ def test_split_block_recomposes_the_head(faceboxes: nn.Module) -> None:
     with torch.no_grad():
         assert torch.equal(block2(pre2(x)), head(x))
     assert block2[0] is faceboxes.inception2 and block2[1] is faceboxes.inception3
-    with pytest.raises(SplitPointError, match="from 1 to 3"):
-        split_block(faceboxes, "inception3", blocks=4)
+    # RDCL counts as two halves, so inception3 has four blocks before it and conv1 stays frozen
+    pre4, block4 = split_block(faceboxes, "inception3", blocks=4)
+    assert block4[0].conv is faceboxes.conv2 and len(block4) == 4 and pre4[0].conv is faceboxes.conv1
+    with pytest.raises(SplitPointError, match="from 1 to 4"):
+        split_block(faceboxes, "inception3", blocks=5)
+
+
+def test_the_reference_split_fine_tunes_rdcls_second_conv(faceboxes: nn.Module) -> None:
+    pre, block = split_block(faceboxes, "rdcl")
+    head, _ = faceboxes.split("rdcl")
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        assert torch.equal(block(pre(x)), head(x))
+        assert pre(x).shape == (2, 48, 32, 32)  # conv1 (stride 4) and one pool: 256 / 8
+    assert block[0].conv is faceboxes.conv2 and pre[0].conv is faceboxes.conv1
+    with pytest.raises(SplitPointError, match="from 1 to 1"):
+        split_block(faceboxes, "rdcl", blocks=2)
 
 
 def test_privacy_term_reaches_the_encoder_and_not_the_decoder() -> None:
@@ -121,8 +134,8 @@ def test_two_fine_tuned_blocks_are_stored_and_run(
     base = dict(weights=str(weights), images=[str(shared_dir / "data/lfw/train")], alpha=0.5)
     with pytest.raises(InputError, match="add --train-head"):
         TrainConfig(**base, head_blocks=2)  # type: ignore[arg-type]
-    with pytest.raises(InputError, match="between 1 and 3"):
-        TrainConfig(**base, train_head=True, head_blocks=4)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="between 1 and 4"):
+        TrainConfig(**base, train_head=True, head_blocks=5)  # type: ignore[arg-type]
     cfg = TrainConfig(
         **base,  # type: ignore[arg-type]
         granularity="channel",
@@ -157,13 +170,31 @@ def test_head_flag_and_tensors_must_agree(trained_head: Path, tmp_path: Path) ->
         load_transform(bad)
 
 
-def test_train_head_at_the_first_split_is_refused(weights: Path, shared_dir: Path, tmp_path: Path) -> None:
+def test_train_head_at_the_reference_split(
+    weights: Path, shared_dir: Path, tmp_path: Path, faceboxes: nn.Module
+) -> None:
+    """At ``--split rdcl`` the head's block is RDCL's second conv; conv1 stays as the base weights."""
+    from veil.pipeline import load_pipeline
+
     args = ["train", "--weights", str(weights), "--images", str(shared_dir / "data/lfw/train")]
-    args += ["--alpha", "0.1", "--split", "rdcl", "--train-head", "--out", str(tmp_path / "x")]
-    proc = run_veil(*args)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "later split" in proc.stderr
-    assert not (tmp_path / "x").exists()
+    args += ["--alpha", "0.5", "--split", "rdcl", "--train-head", "--granularity", "channel"]
+    args += ["--lr-head", "1e-2", "--samples", "8", "--steps", "10", "--batch-size", "4", "--size", "256"]
+    proc = run_veil(*args, "--head-blocks", "2", "--out", str(tmp_path / "bad"))
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "between 1 and 1" in proc.stderr and not (tmp_path / "bad").exists()
+    proc = run_veil(*args, "--quiet", "--out", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stderr
+    tr = load_transform(tmp_path / "r", weights)
+    assert tr.head_state is not None and tr.split == "rdcl"
+    assert {".".join(k.split(".")[:3]) for k in tr.head_state} == {"stages.0.conv2"}
+    det = load_pipeline(weights, tr)
+    base_head, _ = faceboxes.split("rdcl")
+    x = det.preprocess([torch.randint(0, 255, (3, 160, 160), dtype=torch.uint8)]).tensor
+    with torch.no_grad():
+        first = det.head.stages[0].halves()[0]
+        assert torch.equal(first(x), base_head.stages[0].halves()[0](x))  # conv1 frozen
+        assert not torch.allclose(det.head(x), base_head(x), atol=1e-4)  # conv2 trained
+        assert det.head(x).shape[1:] == (128, 8, 8)  # the 256² it was trained at, / 32
 
 
 def test_audit_attacks_what_the_transforms_head_releases(

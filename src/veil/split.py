@@ -62,31 +62,46 @@ class SplitModel(nn.Module):
         return self.tail(self.release(x))
 
 
-def split_block(model: nn.Module, at: str, blocks: int = 1) -> tuple[nn.Module, nn.Module]:
-    """(head up to ``blocks`` split points before ``at``, the blocks between it and ``at``).
-
-    ``block(pre(x)) == head(x)``, sharing ``model``'s parameters: training fine-tunes the head's last
-    block through ``block`` while ``pre`` stays frozen (and its outputs can be cached).
-    """
+def _head_units(model: nn.Module, at: str) -> list[nn.Module]:
+    """The head up to ``at`` as fine-tunable units, in order: its stages, the first one cut in its halves
+    where it offers them (FaceBoxes' RDCL: conv1 | conv2), so that every split has a block to train."""
     points = split_points(model)
     if at not in points:
         raise SplitPointError(f"unknown split point {at!r}: valid split points are {', '.join(points)}")
-    i = points.index(at)
-    if i == 0:
-        raise SplitPointError(
-            f"nothing precedes split point {at!r}, so its head has no earlier part to keep frozen: "
-            f"fine-tune the head at a later split ({', '.join(points[1:])})"
-        )
-    if not 1 <= blocks <= i:
-        raise SplitPointError(
-            f"split point {at!r} has {i} fine-tunable block(s) before it (the first stays frozen): "
-            f"choose a block count from 1 to {i}, got {blocks}"
-        )
-    pre, _ = split(model, points[i - blocks])
     head, _ = split(model, at)
-    stages_pre, stages = (getattr(m, "stages", m) for m in (pre, head))
-    if not isinstance(stages, nn.Sequential) or not isinstance(stages_pre, nn.Sequential):
+    stages = getattr(head, "stages", head)
+    if not isinstance(stages, nn.Sequential):
         raise SplitPointError(
             f"{type(model).__name__}'s head is not a sequence of stages: cannot fine-tune it"
         )
-    return pre, nn.Sequential(*list(stages)[len(stages_pre) :])
+    units = list(stages)
+    halves = getattr(units[0], "halves", None)
+    if callable(halves):
+        units[:1] = list(halves())
+    return units
+
+
+def head_blocks_available(model: nn.Module, at: str) -> int:
+    """How many blocks before ``at`` training may fine-tune (the head's first unit stays frozen)."""
+    return len(_head_units(model, at)) - 1
+
+
+def split_block(model: nn.Module, at: str, blocks: int = 1) -> tuple[nn.Module, nn.Module]:
+    """(the frozen start of the head, the last ``blocks`` blocks before ``at``).
+
+    ``block(pre(x)) == head(x)``, sharing ``model``'s parameters: training fine-tunes the head's last
+    block(s) through ``block`` while ``pre`` stays frozen (and its outputs can be cached).
+    """
+    units = _head_units(model, at)
+    n = len(units) - 1
+    if n == 0:
+        raise SplitPointError(
+            f"nothing precedes split point {at!r}, so its head has no earlier part to keep frozen: "
+            "fine-tune the head at a later split"
+        )
+    if not 1 <= blocks <= n:
+        raise SplitPointError(
+            f"split point {at!r} has {n} fine-tunable block(s) before it (the first stays frozen): "
+            f"choose a block count from 1 to {n}, got {blocks}"
+        )
+    return nn.Sequential(*units[:-blocks]), nn.Sequential(*units[-blocks:])

@@ -34,7 +34,7 @@ from veil.models import create_model, get_spec, split_model
 from veil.models.adapter import attach_adapter
 from veil.models.checkpoint import sha256_file
 from veil.noise import Granularity, NoiseTransform
-from veil.split import split_block
+from veil.split import head_blocks_available, split_block
 from veil.train_cache import Cache, cache_metrics, encode, prepare_cache, task_loss
 from veil.train_init import carry_release_log, start_from
 
@@ -129,18 +129,14 @@ class TrainConfig:
             raise InputError(f"--labels-part must be one of {', '.join(PARTS)}, got {self.labels_part!r}")
         if self.head_blocks != 1 and not self.train_head:
             raise InputError("--head-blocks sets how much --train-head fine-tunes: add --train-head")
-        points = get_spec(self.model).split_points
-        n = points.index(self.split) if self.train_head and self.split in points else -1
-        if n == 0:
-            raise InputError(
-                f"--train-head fine-tunes the block before the split, and nothing precedes {self.split!r}: "
-                "use a later split (e.g. --split inception3)"
-            )
-        if n > 0 and not 1 <= self.head_blocks <= n:
-            raise InputError(
-                f"--head-blocks must be between 1 and {n} for --split {self.split} "
-                f"(the head's first block stays frozen), got {self.head_blocks}"
-            )
+        spec = get_spec(self.model)
+        if self.train_head and self.split in spec.split_points:
+            n = head_blocks_available(spec.build(), self.split)
+            if not 1 <= self.head_blocks <= n:
+                raise InputError(
+                    f"--head-blocks must be between 1 and {n} for --split {self.split} "
+                    f"(the head's first block stays frozen), got {self.head_blocks}"
+                )
         if self.adversary_size and not 32 <= self.adversary_size <= self.input_size:
             raise InputError(
                 f"--adversary-size must be between 32 and the input size ({self.input_size}), "

@@ -76,6 +76,17 @@ class Inception(nn.Module):
         return torch.cat([a, b, c, d], dim=1)
 
 
+class ConvPool(nn.Module):
+    """One half of RDCL: a CReLU conv, then a 3x3 max-pool of stride 2 (the conv is shared, not copied)."""
+
+    def __init__(self, conv: CReLU) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.max_pool2d(self.conv(x), kernel_size=3, stride=2, padding=1)
+
+
 class RDCL(nn.Module):
     """Rapidly Digested Convolutional Layers: shrink the image 32x in four cheap steps."""
 
@@ -84,9 +95,14 @@ class RDCL(nn.Module):
         self.conv1 = conv1
         self.conv2 = conv2
 
+    def halves(self) -> tuple[ConvPool, ConvPool]:
+        """(conv1 + pool, conv2 + pool): training may fine-tune the second while the first stays frozen,
+        so even the reference design's split has a head block to train (``--train-head --split rdcl``)."""
+        return ConvPool(self.conv1), ConvPool(self.conv2)
+
     def forward(self, x: Tensor) -> Tensor:
-        x = F.max_pool2d(self.conv1(x), kernel_size=3, stride=2, padding=1)
-        return F.max_pool2d(self.conv2(x), kernel_size=3, stride=2, padding=1)
+        first, second = self.halves()
+        return second(first(x))
 
 
 class FaceBoxes(nn.Module):
