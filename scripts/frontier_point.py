@@ -46,9 +46,9 @@ def ap_retained(weights: Path, transform: Path, draws: int, clean: dict[str, flo
     return out
 
 
-def attack(weights: Path, transform: Path, steps: int, seed: int) -> dict[str, Any]:
+def attack(weights: Path, transform: Path, steps: int, seed: int, size: int = 0) -> dict[str, Any]:
     tr = load_transform(transform, weights)
-    cfg = AttackConfig(steps=steps, seed=seed, input_size=int(tr.meta["input_size"][0]))
+    cfg = AttackConfig(steps=steps, seed=seed, input_size=size or int(tr.meta["input_size"][0]))
     head = transform_head(weights, tr)
     aux = ImageSet.load(list_images(SHARED / "data/lfw/attack"), cfg.output_size, "aux")
     test = ImageSet.load(list_images(SHARED / "data/lfw/test"), cfg.output_size, "test")
@@ -78,6 +78,9 @@ def main() -> None:
     ap.add_argument("--no-ap", action="store_true", help="skip the AP measurement")
     ap.add_argument("--steps", type=int, default=AttackConfig.steps)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--size", type=int, default=0, help="attack at this input size (0: the transform's own; else a proxy)"
+    )
     ap.add_argument("--out", type=Path, default=Path("reports/frontier"))
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("VEIL_THREADS", "2")))
@@ -92,9 +95,10 @@ def main() -> None:
         if not args.no_ap:
             row["ap"] = ap_retained(weights, path, args.draws, clean)
         if args.attack:
-            key = f"{digest}:{args.steps}:{args.seed}"
+            key = f"{digest}:{args.steps}:{args.seed}" + (f":{args.size}" if args.size else "")
             if key not in attacks:
-                attacks[key] = attack(weights, path, args.steps, args.seed) | {"first_seen": str(path)}
+                found = attack(weights, path, args.steps, args.seed, args.size)
+                attacks[key] = found | {"first_seen": str(path)}
                 atomic_write_bytes(store, (json.dumps(attacks, indent=2) + "\n").encode())
             row["attack"] = attacks[key]
         name = path.name
