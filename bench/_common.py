@@ -33,6 +33,19 @@ def full_hd_image() -> torch.Tensor:
     return TF.resize(load_image(PHOTO), [1080, 1920], antialias=True).contiguous()
 
 
+def synced(fn: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """``fn`` that also waits for the GPU, so a timer around it measures the work, not its launch."""
+    if device.type != "cuda":
+        return fn
+
+    def run() -> object:
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out
+
+    return run
+
+
 def median_ms(fn: Callable[[], object], runs: int = 20, warmup: int = 3) -> float:
     """Median wall time of ``fn`` in milliseconds."""
     for _ in range(warmup):

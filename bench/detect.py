@@ -1,6 +1,6 @@
-"""Benchmark the detection pipeline on CPU: preprocess, head, tail, post-processing, total.
+"""Benchmark the detection pipeline: preprocess, head, tail, post-processing, total.
 
-    python bench/detect.py [--runs 20] [--threads 2] [--json out.json]
+    python bench/detect.py [--runs 20] [--threads 2] [--device cpu|cuda] [--json out.json]
 
 Medians over ``--runs`` runs of a real 1920x1080 photo at 1024x1024. Ratios are measured in the same
 run: veil's uint8 resize vs a float-first resize, and cached priors vs regenerating them.
@@ -17,13 +17,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import WEIGHTS, full_hd_image, median_ms
+from _common import WEIGHTS, full_hd_image, median_ms, synced
 from veil.detect import PostProcess, build_detector, priors
 
 
 def float_first_preprocess(img: torch.Tensor) -> torch.Tensor:
     """The usual way (float conversion, then resize): the baseline veil's preprocessing is compared to."""
-    x = img.flip(0).float().unsqueeze(0) - torch.tensor([104.0, 117.0, 123.0]).view(1, 3, 1, 1)
+    mean = torch.tensor([104.0, 117.0, 123.0], device=img.device).view(1, 3, 1, 1)
+    x = img.flip(0).float().unsqueeze(0) - mean
     return F.interpolate(x, size=(1024, 1024), mode="bilinear", align_corners=False)
 
 
@@ -31,6 +32,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the model; preprocessing stays on CPU)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -38,26 +40,29 @@ def main() -> None:
         raise SystemExit(f"weights not found: {WEIGHTS} (set VEIL_SHARED)")
 
     img = full_hd_image()
-    det = build_detector(WEIGHTS)
+    device = torch.device(args.device)
+    det = build_detector(WEIGHTS, device=args.device)
     post = PostProcess()
     batch = det.preprocess([img])
     with torch.inference_mode():
-        act = det.head(batch.tensor)
+        x = batch.tensor.to(device)
+        act = det.head(x)
         loc, conf = det.tail(act)
         r = args.runs
         ms = {
-            "preprocess": median_ms(lambda: det.preprocess([img]), r),
-            "head": median_ms(lambda: det.head(batch.tensor), r),
-            "tail": median_ms(lambda: det.tail(act), r),
-            "postprocess": median_ms(lambda: post(loc, conf, batch), r),
-            "total": median_ms(lambda: det.detect([img]), r),
+            "preprocess": median_ms(synced(lambda: det.preprocess([img]), device), r),
+            "head": median_ms(synced(lambda: det.head(x), device), r),
+            "tail": median_ms(synced(lambda: det.tail(act), device), r),
+            "postprocess": median_ms(synced(lambda: post(loc, conf, batch), device), r),
+            "total": median_ms(synced(lambda: det.detect([img]), device), r),
         }
-        baseline_pre = median_ms(lambda: float_first_preprocess(img), r)
+        baseline_pre = median_ms(synced(lambda: float_first_preprocess(img.to(device)), device), r)
         regen = median_ms(lambda: priors.__wrapped__(1024, 1024), r)
         cached = median_ms(lambda: priors(1024, 1024), r)
     ms["forward"] = ms["head"] + ms["tail"]
 
-    print(f"veil detect benchmark: 1920x1080 photo -> 1024x1024, {args.threads} threads, median of {r} runs")
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {args.threads} threads"
+    print(f"veil detect benchmark: 1920x1080 photo -> 1024x1024 on {where}, median of {r} runs")
     print(f"{'stage':<14}{'ms':>10}")
     for k in ("preprocess", "head", "tail", "forward", "postprocess", "total"):
         print(f"{k:<14}{ms[k]:>10.2f}")
@@ -67,6 +72,7 @@ def main() -> None:
     )
     print(f"priors: regenerate {regen:.3f} ms -> cached {cached * 1000:.1f} us per image")
     report = {
+        "device": where,
         "threads": args.threads,
         "runs": r,
         "ms": ms,

@@ -19,14 +19,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import WEIGHTS, full_hd_image, median_ms
+from _common import WEIGHTS, full_hd_image, median_ms, synced
 from veil.noise import NoiseTransform
 from veil.pipeline import load_pipeline
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -52,10 +47,7 @@ def main() -> None:
         det.noise = NoiseTransform((128, 32, 32), smax=4.0, rho_init=0.0).to(device)
     img = full_hd_image()
 
-    def obfuscate() -> torch.Tensor:
-        out = det.release(det.preprocess([img]))
-        _sync(device)
-        return out
+    obfuscate = synced(lambda: det.release(det.preprocess([img])), device)
 
     for _ in range(3):
         obfuscate()
@@ -72,18 +64,11 @@ def main() -> None:
         act = det.head(batch.tensor.to(device))
         noise = det.noise
 
-        def step(fn):  # type: ignore[no-untyped-def]
-            def run() -> None:
-                fn()
-                _sync(device)
-
-            return run
-
         r = args.runs
         ms = {
-            "noise_step": median_ms(step(lambda: noise(act)), r),
-            "randn_like": median_ms(step(lambda: torch.randn_like(act)), r),
-            "copy": median_ms(step(lambda: act.clone()), r),
+            "noise_step": median_ms(synced(lambda: noise(act), device), r),
+            "randn_like": median_ms(synced(lambda: torch.randn_like(act), device), r),
+            "copy": median_ms(synced(lambda: act.clone(), device), r),
             "client_pipeline": median_ms(obfuscate, max(20, r // 10)),
         }
     share = 100 * ms["noise_step"] / ms["client_pipeline"]

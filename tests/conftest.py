@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +16,8 @@ from torch import nn
 #: A training run small enough for CI (seconds on CPU); tests override what they study.
 TINY_TRAIN: dict[str, int] = {"samples": 8, "steps": 40, "batch_size": 4, "input_size": 256, "log_every": 10}
 
-SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
+#: ../shared beside the repository, or $VEIL_SHARED (as for the benchmarks), e.g. a copy on a GPU machine.
+SHARED_DIR = Path(os.environ.get("VEIL_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 
 
 def tiny_adversarial(weights: Path, shared_dir: Path, granularity: str, **overrides: Any) -> Any:

@@ -62,6 +62,31 @@ def test_suppression_replaces_by_mu() -> None:
     assert not torch.all(out[:, 1] == 0.25)
 
 
+def test_inference_follows_edits_after_the_first_call() -> None:
+    """sigma and the mask are cached between requests: any change to rho, keep or the state reaches them."""
+    noise = NoiseTransform((2, 4, 4), smax=4.0, granularity="channel")
+    x = torch.zeros(512, 2, 4, 4)
+    with torch.inference_mode():
+        assert float(noise(x).std()) == pytest.approx(float(noise.sigma().mean()), rel=0.05)
+    with torch.no_grad():
+        noise.rho.copy_(torch.tensor([3.0, -3.0]).view(2, 1, 1))  # channel 0 near smax, channel 1 near 0
+        noise.mu.fill_(0.5)
+    with torch.inference_mode():
+        out = noise(x)
+    assert float(out[:, 0].std()) > 3.5 and float(out[:, 1].std()) < 0.1
+    noise.suppress_above(3.5)
+    with torch.inference_mode():
+        assert torch.all(noise(x)[:, 0] == 0.5)
+    fresh = NoiseTransform((2, 4, 4), smax=4.0, granularity="channel")
+    fresh.load_state_dict(NoiseTransform((2, 4, 4), smax=4.0, granularity="channel").state_dict())
+    with torch.inference_mode():
+        fresh(x)
+    fresh.load_state_dict(noise.state_dict())  # a loaded transform replaces the cached one
+    with torch.inference_mode():
+        out = fresh(x)
+    assert torch.all(out[:, 0] == 0.5) and float(out[:, 1].std()) < 0.1
+
+
 def test_suppression_does_not_lower_mean_sigma() -> None:
     """Suppressed elements count with their (large) sigma: suppressing more never looks like less noise."""
     noise = NoiseTransform((2, 2, 2), smax=4.0, granularity="channel", seed=0)

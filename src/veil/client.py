@@ -220,9 +220,9 @@ class VeilClient:
         """(activation that would leave the machine, preprocessed batch) for uint8 RGB images."""
         if self.head is None:
             raise ServingError("VeilClient needs head=... or weights=... to run detection on images")
-        batch = preprocess(images, size=INPUT_SIZE, mean_bgr=FACEBOXES_MEAN_BGR)
         device = next(self.head.parameters(), torch.empty(0)).device
-        clean = self.head(batch.tensor.to(device))
+        batch = preprocess(images, size=INPUT_SIZE, mean_bgr=FACEBOXES_MEAN_BGR, device=device)
+        clean = self.head(batch.tensor)
         if self.noise is None:
             return clean, batch
         sent = self.noise(clean.clone())  # a clone: an in-place noise must not alter the reference

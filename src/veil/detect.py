@@ -121,7 +121,9 @@ class Detector:
         self.device = torch.device(device)
 
     def preprocess(self, images: Sequence[Tensor]) -> Batch:
-        return preprocess(images, size=self.size, resize=self.resize, mean_bgr=self.mean_bgr)
+        return preprocess(
+            images, size=self.size, resize=self.resize, mean_bgr=self.mean_bgr, device=self.device
+        )
 
     @torch.inference_mode()
     def release(self, batch: Batch) -> Tensor:

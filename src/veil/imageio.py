@@ -71,27 +71,42 @@ def target_size(height: int, width: int, size: tuple[int, int] | None, resize: f
     return max(32, round(height * resize)), max(32, round(width * resize))
 
 
+def _resize(x: Tensor, h: int, w: int) -> Tensor:
+    """Bilinear resize of a uint8 [1, 3, H, W] batch to uint8 values: CPU has a native uint8 kernel,
+    other devices resize in float and round, which matches it to within one grey level."""
+    if x.device.type == "cpu":
+        return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=False)
+    y = F.interpolate(x.float(), size=(h, w), mode="bilinear", align_corners=False, antialias=False)
+    return y.round_().clamp_(0, 255)
+
+
 def preprocess(
     images: Sequence[Tensor],
     size: tuple[int, int] | None = (1024, 1024),
     resize: float = 1.0,
     mean_bgr: tuple[float, float, float] = FACEBOXES_MEAN_BGR,
+    device: str | torch.device = "cpu",
 ) -> Batch:
-    """uint8 RGB images -> one float batch (BGR minus mean), zero-padded to a common size if needed."""
+    """uint8 RGB images -> one float batch (BGR minus mean), zero-padded to a common size if needed.
+
+    On a GPU ``device`` the uint8 image is uploaded first and resized there: the upload is a quarter of
+    the float batch's bytes, and the resize, the costliest CPU step, becomes negligible.
+    """
     if not images:
         raise InputError("no images to preprocess")
+    device = torch.device(device)
     resized: list[Tensor] = []
     for i, img in enumerate(images):
         _check_image(img, i)
         h, w = target_size(img.shape[1], img.shape[2], size, resize)
-        x = img.unsqueeze(0).contiguous(memory_format=torch.channels_last)  # the fast uint8 resize layout
+        x = img.to(device).unsqueeze(0).contiguous(memory_format=torch.channels_last)  # fast resize layout
         if (h, w) != tuple(img.shape[1:]):
-            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=False)
+            x = _resize(x, h, w)
         resized.append(x)
     height = max(x.shape[2] for x in resized)
     width = max(x.shape[3] for x in resized)
-    mean = torch.tensor(mean_bgr, dtype=torch.float32).view(1, 3, 1, 1)
-    out = torch.zeros((len(images), 3, height, width), dtype=torch.float32).contiguous(
+    mean = torch.tensor(mean_bgr, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    out = torch.zeros((len(images), 3, height, width), dtype=torch.float32, device=device).contiguous(
         memory_format=torch.channels_last
     )
     for i, x in enumerate(resized):

@@ -80,7 +80,7 @@ class NoiseTransform(nn.Module):
         self.register_buffer("keep", torch.ones(param_shape, dtype=torch.bool))
         self._seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
-        self._sigma_cache: tuple[int, Tensor] | None = None
+        self._sigma_cache: tuple[tuple[int, ...], Tensor, bool] | None = None
         self.net = SigmaNet(self.shape[0]) if granularity == "conditional" else None
         # conditional: the mean sigma over the training activations, set when training ends (reports quote it)
         self.register_buffer("typical_sigma", torch.zeros(()), persistent=self.net is not None)
@@ -139,17 +139,17 @@ class NoiseTransform(nn.Module):
     def suppressed_fraction(self) -> float:
         return float((~self.keep).float().mean())
 
-    def _frozen_sigma(self) -> Tensor:
-        """sigma for inference, recomputed only when rho changed (its version counter moved)."""
-        version = self.rho._version
-        if (
-            self._sigma_cache is None
-            or self._sigma_cache[0] != version
-            or self._sigma_cache[1].device != self.rho.device
-        ):
+    def _frozen(self) -> tuple[Tensor, bool]:
+        """(sigma, every element kept?) for inference, recomputed only when rho or the mask changed.
+
+        Keyed on the tensors' version counters and storage, so neither a GPU-to-CPU sync (``keep.all()``)
+        nor the tanh runs per request.
+        """
+        key = (self.rho._version, self.rho.data_ptr(), self.keep._version, self.keep.data_ptr())
+        if self._sigma_cache is None or self._sigma_cache[0] != key:
             with torch.no_grad():
-                self._sigma_cache = (version, self.sigma().detach())
-        return self._sigma_cache[1]
+                self._sigma_cache = (key, self.sigma().detach(), bool(self.keep.all()))
+        return self._sigma_cache[1], self._sigma_cache[2]
 
     # -- sampling ---------------------------------------------------------------------------
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -180,10 +180,9 @@ class NoiseTransform(nn.Module):
         if torch.is_grad_enabled() and (self.mu.requires_grad or x.requires_grad):
             out = x + self.mu + self.sigma() * eps
             return torch.where(self.keep, out, self.mu.expand_as(out))
-        out = eps.mul_(self._frozen_sigma()).add_(self.mu).add_(x)  # in place: no temporaries
-        if not bool(self.keep.all()):
-            out = torch.where(self.keep, out, self.mu.expand_as(out))
-        return out
+        sigma, all_kept = self._frozen()
+        out = torch.addcmul(self.mu, eps, sigma, out=eps).add_(x)  # two fused passes, no temporaries
+        return out if all_kept else torch.where(self.keep, out, self.mu.expand_as(out))
 
     def load_tensors(self, tensors: dict[str, Tensor], prefix: str) -> NoiseTransform:
         """Load this transform's state from ``tensors`` whose keys start with ``prefix`` (a stored file)."""

@@ -54,13 +54,13 @@ def load_pipeline(
             )
     if size == "auto":
         size = spec.input_size
-    net = net.to(device).to(memory_format=torch.channels_last)
     head, tail = split_model(net, split or spec.default_split)
     noise = None
     if tr is not None:
-        _load_part(tail, tr.tail_state, "tail")
+        _load_part(tail, tr.tail_state, "tail")  # may attach a server-side adapter: move to device after
         _load_part(head, tr.head_state, "head")
         noise = tr.noise.to(device)
+    head, tail = (m.to(device).to(memory_format=torch.channels_last) for m in (head, tail))
     return Detector(
         head, tail, noise=noise, size=size, resize=resize, post=post, mean_bgr=spec.mean_bgr, device=device
     )

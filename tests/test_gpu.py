@@ -1,0 +1,93 @@
+"""The CUDA path: same detections as on CPU, fresh device-side noise, and a shipped transform's accuracy.
+
+Skipped where no GPU is visible (CI never has one); run on a GPU machine with ``pytest tests/test_gpu.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from veil.artifact import shipped_transforms
+from veil.data import load_dataset
+from veil.detect import build_detector
+from veil.eval.runner import evaluate_draws
+from veil.imageio import load_image, preprocess
+from veil.noise import NoiseTransform
+from veil.pipeline import load_pipeline
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def _matched(a: torch.Tensor, b: torch.Tensor, min_score: float) -> None:
+    """Every confident box of ``a`` has a twin in ``b`` (IoU > 0.9, score within 0.02)."""
+    keep = a[a[:, 4] > min_score]
+    if len(keep) == 0:
+        return
+    assert len(b) > 0, "the other device found nothing"
+    iou = box_iou(keep[:, :4], b[:, :4])
+    best, idx = iou.max(dim=1)
+    assert bool((best > 0.9).all()), best
+    assert float((keep[:, 4] - b[idx, 4]).abs().max()) < 0.02
+
+
+def test_cuda_detections_match_cpu(weights: Path, fddb_sample: Path) -> None:
+    images = [load_image(p) for p in sorted(fddb_sample.rglob("*.jpg"))]
+    assert len(images) >= 5
+    cpu, gpu = build_detector(weights), build_detector(weights, device="cuda")
+    confident = 0
+    for img in images:
+        on_cpu, on_gpu = cpu.detect([img])[0], gpu.detect([img])[0].cpu()
+        _matched(on_cpu, on_gpu, 0.6)
+        _matched(on_gpu, on_cpu, 0.6)
+        confident += int((on_cpu[:, 4] > 0.6).sum())
+    assert confident >= len(images)  # the comparison covered real faces, not empty lists
+
+
+def test_cuda_noise_is_fresh_seeded_and_calibrated() -> None:
+    noise = NoiseTransform((128, 32, 32), smax=4.0, granularity="channel").cuda()
+    with torch.no_grad():
+        noise.rho.copy_(torch.linspace(-2.0, 2.0, 128).view(128, 1, 1))
+        noise.mu.copy_(torch.linspace(-1.0, 1.0, 128).view(128, 1, 1))
+    noise.suppress_above(3.9)  # the noisiest channels become the constant mu
+    x = torch.randn(64, 128, 32, 32, device="cuda")
+    with torch.inference_mode():
+        a, b = noise(x), noise(x)
+    assert a.is_cuda and not torch.equal(a, b)  # OS entropy per call, drawn on the device
+    dropped = ~noise.keep.view(128)
+    assert 0 < int(dropped.sum()) < 128
+    mu = noise.mu.detach().view(128)
+    assert torch.equal(a[:, dropped], mu[dropped].view(1, -1, 1, 1).expand_as(a[:, dropped]))
+    sigma = noise.sigma().detach().view(128)[~dropped]
+    diff = (a - x - mu.view(1, -1, 1, 1))[:, ~dropped].transpose(0, 1).reshape(int((~dropped).sum()), -1)
+    assert torch.allclose(diff.std(dim=1), sigma, rtol=0.02)  # 65,536 draws per channel
+    assert float(diff.mean(dim=1).abs().max()) < 0.05 * float(sigma.max())
+
+    seeded = [NoiseTransform((128, 32, 32), smax=4.0, seed=7).cuda() for _ in range(2)]
+    with torch.inference_mode():
+        assert torch.equal(seeded[0](x[:2]), seeded[1](x[:2]))
+
+
+@pytest.mark.slow
+def test_cuda_shipped_default_keeps_ap_and_matches_cpu(weights: Path, mask_scenes: Path) -> None:
+    data = load_dataset(mask_scenes).part("test")
+    ap = {}
+    for device in ("cpu", "cuda"):
+        det = load_pipeline(weights, device=device)
+        ap[device] = evaluate_draws(data, det.detect, draws=1, progress=False)[0].mean.pooled_ap
+    assert abs(ap["cuda"] - ap["cpu"]) < 0.005, ap
+    smallest = min(shipped_transforms())
+    noisy = load_pipeline(weights, shipped_transforms()[smallest], device="cuda")
+    summary, _ = evaluate_draws(data, noisy.detect, draws=6, progress=False)
+    assert summary.mean.pooled_ap >= ap["cuda"] - 0.03, (ap, summary.pooled.tolist())
+
+
+def test_cuda_preprocess_matches_cpu(fddb_sample: Path) -> None:
+    images = [load_image(p) for p in sorted(fddb_sample.rglob("*.jpg"))[:3]]
+    on_cpu = preprocess(images, size=(1024, 1024))
+    on_gpu = preprocess(images, size=(1024, 1024), device="cuda")
+    assert on_gpu.tensor.is_cuda and on_gpu.resized_sizes == on_cpu.resized_sizes
+    assert float((on_gpu.tensor.cpu() - on_cpu.tensor).abs().max()) <= 1.0  # one grey level at most
