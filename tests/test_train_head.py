@@ -20,34 +20,36 @@ from veil.split import split_block
 from veil.train import TrainConfig, train
 
 
-def test_split_block_recomposes_the_head(faceboxes: nn.Module) -> None:
-    pre, block = split_block(faceboxes, "inception3")
-    head, _ = faceboxes.split("inception3")
-    x = torch.randn(1, 3, 128, 128)
+def _recomposed(model: nn.Module, at: str, x: torch.Tensor, blocks: int = 1) -> tuple[nn.Module, nn.Module]:
+    """(frozen part, fine-tuned blocks) at ``at``; together they compute exactly the model's head."""
+    pre, block = split_block(model, at, blocks)
+    head, _ = model.split(at)  # type: ignore[operator]
     with torch.no_grad():
         assert torch.equal(block(pre(x)), head(x))
+    return pre, block
+
+
+def test_split_block_recomposes_the_head(faceboxes: nn.Module) -> None:
+    x = torch.randn(1, 3, 128, 128)
+    _, block = _recomposed(faceboxes, "inception3", x)
     # the block shares the model's parameters (training it trains the model's head)
     assert block[0] is faceboxes.inception3
     with pytest.raises(SplitPointError, match="valid split points"):
         split_block(faceboxes, "conv4")
     # two blocks: inception2 and inception3 are fine-tuned, the head up to inception1 stays frozen
-    pre2, block2 = split_block(faceboxes, "inception3", blocks=2)
-    with torch.no_grad():
-        assert torch.equal(block2(pre2(x)), head(x))
+    _, block2 = _recomposed(faceboxes, "inception3", x, blocks=2)
     assert block2[0] is faceboxes.inception2 and block2[1] is faceboxes.inception3
     # RDCL counts as two halves, so inception3 has four blocks before it and conv1 stays frozen
-    pre4, block4 = split_block(faceboxes, "inception3", blocks=4)
+    pre4, block4 = _recomposed(faceboxes, "inception3", x, blocks=4)
     assert block4[0].conv is faceboxes.conv2 and len(block4) == 4 and pre4[0].conv is faceboxes.conv1
     with pytest.raises(SplitPointError, match="from 1 to 4"):
         split_block(faceboxes, "inception3", blocks=5)
 
 
 def test_the_reference_split_fine_tunes_rdcls_second_conv(faceboxes: nn.Module) -> None:
-    pre, block = split_block(faceboxes, "rdcl")
-    head, _ = faceboxes.split("rdcl")
     x = torch.randn(2, 3, 256, 256)
+    pre, block = _recomposed(faceboxes, "rdcl", x)
     with torch.no_grad():
-        assert torch.equal(block(pre(x)), head(x))
         assert pre(x).shape == (2, 48, 32, 32)  # conv1 (stride 4) and one pool: 256 / 8
     assert block[0].conv is faceboxes.conv2 and pre[0].conv is faceboxes.conv1
     with pytest.raises(SplitPointError, match="from 1 to 1"):
