@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +47,17 @@ def ap_retained(weights: Path, transform: Path, draws: int, clean: dict[str, flo
     return out
 
 
-def attack(weights: Path, transform: Path, steps: int, seed: int, size: int = 0) -> dict[str, Any]:
+def attack(
+    weights: Path, transform: Path, steps: int, seed: int, size: int = 0, device: str = "cpu"
+) -> dict[str, Any]:
     tr = load_transform(transform, weights)
-    cfg = AttackConfig(steps=steps, seed=seed, input_size=size or int(tr.meta["input_size"][0]))
+    size = size or int(tr.meta["input_size"][0])
+    cfg = AttackConfig(steps=steps, seed=seed, input_size=size, device=device)
     head = transform_head(weights, tr)
     aux = ImageSet.load(list_images(SHARED / "data/lfw/attack"), cfg.output_size, "aux")
     test = ImageSet.load(list_images(SHARED / "data/lfw/test"), cfg.output_size, "test")
-    a = head_activations(head, aux.images, cfg.input_size, desc="aux activations")
-    e = head_activations(head, test.images, cfg.input_size, desc="test activations")
+    a = head_activations(head, aux.images, cfg.input_size, desc="aux activations", device=device)
+    e = head_activations(head, test.images, cfg.input_size, desc="test activations", device=device)
     spec = NoiseSpec.of(tr.noise, a.shape[1:])
     attacker = train_attacker(a, aux.targets, aux.paths, spec, cfg, f"attack {transform.name}")
     s, p = score(attacker, e, test.targets, k=1, seed=cfg.seed + 101)
@@ -81,6 +85,7 @@ def main() -> None:
     ap.add_argument(
         "--size", type=int, default=0, help="attack at this input size (0: the transform's own; else a proxy)"
     )
+    ap.add_argument("--device", default="cpu", help="where the attacker trains (cpu or cuda)")
     ap.add_argument("--out", type=Path, default=Path("reports/frontier"))
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("VEIL_THREADS", "2")))
@@ -97,7 +102,10 @@ def main() -> None:
         if args.attack:
             key = f"{digest}:{args.steps}:{args.seed}" + (f":{args.size}" if args.size else "")
             if key not in attacks:
-                found = attack(weights, path, args.steps, args.seed, args.size)
+                t0 = time.perf_counter()
+                found = attack(weights, path, args.steps, args.seed, args.size, args.device)
+                found["device"] = args.device
+                found["seconds"] = round(time.perf_counter() - t0, 1)
                 attacks[key] = found | {"first_seen": str(path)}
                 atomic_write_bytes(store, (json.dumps(attacks, indent=2) + "\n").encode())
             row["attack"] = attacks[key]

@@ -16,6 +16,7 @@ import torch
 from torchvision.io import decode_png
 from typer.testing import CliRunner
 
+from conftest import run_veil
 from veil.artifact import save_transform
 from veil.audit import (
     AttackConfig,
@@ -353,3 +354,14 @@ def test_sweep_rows_join_by_directory_then_name_then_unique_alpha(tmp_path: Path
     assert _join_sweep(rows, other) is None  # type: ignore[arg-type]  # two rows with alpha 0.8: no guess
     low = SimpleNamespace(path=tmp_path / "mine-0.2", alpha=0.2)
     assert _join_sweep(rows, low)["retained"] == 0.97  # type: ignore[arg-type,index]
+
+
+def test_cli_audit_refuses_an_unknown_or_missing_device(weights: Path, tmp_path: Path) -> None:
+    base = ["audit", "--weights", str(weights), "--aux", str(tmp_path), "--eval", str(tmp_path)]
+    base += ["--out", str(tmp_path / "r")]
+    result = run_veil(*base, "--device", "tpu")
+    assert result.returncode != 0 and "--device must be cpu or cuda" in result.stderr
+    assert "Traceback" not in result.stderr
+    if not torch.cuda.is_available():
+        result = run_veil(*base, "--device", "cuda")
+        assert result.returncode != 0 and "no CUDA GPU is visible" in result.stderr

@@ -5,6 +5,8 @@ Skipped where no GPU is visible (CI never has one); run on a GPU machine with ``
 
 from __future__ import annotations
 
+import copy
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,51 @@ def test_cuda_preprocess_matches_cpu(fddb_sample: Path) -> None:
     on_gpu = preprocess(images, size=(1024, 1024), device="cuda")
     assert on_gpu.tensor.is_cuda and on_gpu.resized_sizes == on_cpu.resized_sizes
     assert float((on_gpu.tensor.cpu() - on_cpu.tensor).abs().max()) <= 1.0  # one grey level at most
+
+
+@pytest.mark.slow
+def test_cuda_audit_trains_real_attackers(
+    shared_dir: Path, faceboxes: torch.nn.Module, tmp_path: Path
+) -> None:
+    """The audit's attackers and verifier on the GPU: same conclusions as the CPU tests, CPU outputs."""
+    from test_audit import OUT, SIZE, TINY, _channel_noise
+    from veil.audit import adapt_attacker, load_attacker, reconstruct, save_attacker, ssim, train_attacker
+    from veil.audit.attack import ImageSet, head_activations, score
+    from veil.audit.linkage import LinkageConfig, linkage_auc, train_verifier
+    from veil.imageio import list_images
+    from veil.models import split_model
+
+    lfw = shared_dir / "data" / "lfw"
+    aux = ImageSet.load(list_images(lfw / "attack")[: TINY.max_images], OUT, "aux")
+    test = ImageSet.load(list_images(lfw / "test")[:96], OUT, "test")
+    head = copy.deepcopy(split_model(faceboxes, "rdcl")[0])  # the shared model stays on the CPU
+    aux_acts = head_activations(head, aux.images, SIZE, progress=False, device="cuda")
+    test_acts = head_activations(head, test.images, SIZE, progress=False, device="cuda")
+    on_cpu = head_activations(head.cpu(), aux.images[:8], SIZE, progress=False)
+    assert not aux_acts.is_cuda
+    assert float((aux_acts[:8] - on_cpu).norm() / on_cpu.norm()) < 1e-2
+    cfg = replace(TINY, device="cuda")
+    std, shape = float(aux_acts.std()), tuple(aux_acts.shape[1:])
+    high_spec = _channel_noise(8 * std, shape)
+    clean = train_attacker(aux_acts, aux.targets, aux.paths, None, cfg, progress=False)
+    high = train_attacker(aux_acts, aux.targets, aux.paths, high_spec, cfg, progress=False)
+    assert next(clean.decoder.parameters()).is_cuda
+    mean = aux.targets.float().mean(0, keepdim=True).expand_as(test.targets) / 255
+    floor = float(ssim(mean, test.targets.float() / 255).mean())
+    s_clean = float(score(clean, test_acts, test.targets)[0].mean())
+    s_high = float(score(high, test_acts, test.targets)[0].mean())
+    assert s_clean > floor + 0.15 and s_high < s_clean - 0.15, (floor, s_clean, s_high)
+    adapted = adapt_attacker(high, 16, aux_acts, aux.targets, aux.paths, cfg, progress=False)
+    assert float(score(adapted, test_acts, test.targets, k=16)[0].mean()) > s_high
+    loaded = load_attacker(save_attacker(clean, tmp_path / "clean.safetensors"))  # stored from the GPU
+    on_gpu = reconstruct(test_acts[:4], clean)
+    assert (reconstruct(test_acts[:4], loaded).int() - on_gpu.int()).abs().max() <= 1  # TF32 vs fp32
+
+    link = LinkageConfig(steps=150, device="cuda")
+    auc = {}
+    for name, spec in (("clean", None), ("high", high_spec)):
+        verifier = train_verifier(aux_acts, aux.paths, spec, link, progress=False)
+        found = linkage_auc(verifier, test_acts, test.paths, spec)
+        assert found is not None
+        auc[name] = found["auc"]
+    assert auc["clean"] > auc["high"] + 0.05 and auc["clean"] > 0.6, auc

@@ -203,7 +203,7 @@ def run_audit(
     if 1 not in cfg.ks or any(k < 1 for k in cfg.ks):
         raise InputError(f"AttackConfig.ks must contain 1 and only positive counts, got {cfg.ks}")
     cfg.ks = tuple(sorted(set(cfg.ks)))
-    link_cfg = link_cfg or LinkageConfig(seed=cfg.seed)
+    link_cfg = link_cfg or LinkageConfig(seed=cfg.seed, device=cfg.device)
     out = Path(out)
     model = create_model(model_name, weights)
     loaded = [load_transform(t, weights) for t in transforms]
@@ -247,7 +247,7 @@ def run_audit(
                 )
             images = aux_set.images if which == "aux" else sets[which].images
             cache[key] = head_activations(
-                heads[hk], images, s, desc=f"head {hk} @{s} ({which})", progress=progress
+                heads[hk], images, s, desc=f"head {hk} @{s} ({which})", progress=progress, device=cfg.device
             )
         return cache[key]
 

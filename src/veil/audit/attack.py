@@ -51,6 +51,7 @@ class AttackConfig:
     plateau_tol: float = 0.01  # "converged" when the last quarter improved val SSIM by less than this
     max_images: int | None = None  # cap on auxiliary images (tests)
     seed: int = 0
+    device: str = "cpu"  # where the decoder trains and decodes ("cuda": minutes instead of an hour)
 
 
 # -- the noise distribution, as the attacker knows it -----------------------------------------
@@ -79,13 +80,18 @@ class NoiseSpec:
             mu, sigma, keep = noise.mu.detach().clone(), noise.sigma().detach().clone(), noise.keep.clone()
             return cls(mu, sigma, keep, conditional)
 
+    def to(self, device: torch.device | str) -> NoiseSpec:
+        """The same distribution on ``device`` (draws there need a generator on that device)."""
+        cond = None if self.conditional is None else copy.deepcopy(self.conditional).to(device)
+        return NoiseSpec(self.mu.to(device), self.sigma.to(device), self.keep.to(device), cond)
+
     def draw(self, clean: Tensor, gen: torch.Generator, k: int = 1) -> Tensor:
         """What the receiver sees: one release, or the mean of ``k`` independent releases.
 
         The mean of k draws of ``x + mu + sigma * eps`` is exactly ``x + mu + sigma / sqrt(k) * eps``
         (suppressed elements stay at mu), so averaging costs one draw.
         """
-        eps = torch.randn(clean.shape, generator=gen, dtype=clean.dtype)
+        eps = torch.randn(clean.shape, generator=gen, dtype=clean.dtype, device=clean.device)
         sigma = self.sigma
         if self.conditional is not None:  # the attacker knows the network, the sender ran it on clean
             with torch.no_grad():
@@ -125,12 +131,17 @@ def head_activations(
     batch: int = 16,
     desc: str = "",
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> Tensor:
-    """Clean activations [N, C, h, w] of square ``size`` inputs; cached once, the head is fixed."""
+    """Clean activations [N, C, h, w] (on the CPU) of square ``size`` inputs; cached once, the head is fixed.
+
+    ``device`` runs the head there (moving ``head`` to it).
+    """
+    head.to(device)
     out = []
     for start in tqdm(range(0, len(images), batch), desc=desc or f"head @ {size}", disable=not progress):
-        x = preprocess(list(images[start : start + batch]), size=(size, size)).tensor
-        out.append(head(x).contiguous())
+        x = preprocess(list(images[start : start + batch]), size=(size, size), device=device).tensor
+        out.append(head(x).contiguous().cpu())
     return torch.cat(out)
 
 
@@ -249,9 +260,11 @@ def split_validation(paths: Sequence[Path], count: int) -> tuple[list[int], list
 
 @torch.no_grad()
 def decode(decoder: Decoder, released: Tensor, batch: int = 64) -> Tensor:
-    """Reconstructions in [0, 1], [N, 3, out, out]."""
+    """Reconstructions in [0, 1], [N, 3, out, out], on the CPU (the decoder runs where it lives)."""
     decoder.eval()
-    return torch.cat([decoder(released[i : i + batch]) for i in range(0, released.shape[0], batch)])
+    dev = next(decoder.parameters()).device
+    parts = [decoder(released[i : i + batch].to(dev)).cpu() for i in range(0, released.shape[0], batch)]
+    return torch.cat(parts)
 
 
 @torch.no_grad()
@@ -278,7 +291,9 @@ def _fit(
     progress: bool,
 ) -> Attacker:
     """The training loop shared by the K = 1 attacker and its K > 1 adaptations."""
-    decoder = attacker.decoder
+    dev = torch.device(cfg.device)
+    decoder = attacker.decoder.to(dev)
+    spec = None if attacker.noise is None else attacker.noise.to(dev)
     opt = torch.optim.Adam(decoder.parameters(), lr=lr)
     warm = max(1, min(50, steps // 10))
 
@@ -290,7 +305,7 @@ def _fit(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     gen = torch.Generator().manual_seed(cfg.seed)
-    noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    noise_gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)  # draws where the decoder is
     train_t = torch.tensor(train_idx)
     val_acts, val_targets = acts[val_idx], targets[val_idx]
     best_state, best, best_step, running, count = None, -math.inf, 0, 0.0, 0
@@ -299,8 +314,9 @@ def _fit(
     for step in bar:
         decoder.train()
         idx = train_t[torch.randint(0, len(train_idx), (min(cfg.batch_size, len(train_idx)),), generator=gen)]
-        x = attacker.release(acts[idx], noise_gen)
-        loss = _loss(decoder(x), to_unit(targets[idx]), cfg.ssim_weight)
+        clean = acts[idx].to(dev, non_blocking=True)
+        x = clean if spec is None else spec.draw(clean, noise_gen, attacker.k)
+        loss = _loss(decoder(x), to_unit(targets[idx].to(dev, non_blocking=True)), cfg.ssim_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -36,6 +36,7 @@ class LinkageConfig:
     embedding: int = 128
     min_images: int = 2  # identities with fewer auxiliary images are not classes
     seed: int = 0
+    device: str = "cpu"
 
 
 def person_of(path: Path) -> str | None:
@@ -99,11 +100,14 @@ def train_verifier(
     idx = torch.tensor([i for i, n in enumerate(people) if n in label_of])
     labels = torch.tensor([label_of[n] for n in people if n in label_of])
     torch.manual_seed(cfg.seed)
-    model = Verifier(acts.shape[1], len(classes), cfg.embedding)
+    dev = torch.device(cfg.device)
+    model = Verifier(acts.shape[1], len(classes), cfg.embedding).to(dev)
+    noise = None if noise is None else noise.to(dev)
+    labels = labels.to(dev)
     gen = torch.Generator().manual_seed(cfg.seed)
-    noise_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    noise_gen = torch.Generator(device=dev).manual_seed(cfg.seed + 1)
     with torch.no_grad():
-        sample = _release(acts[idx[:256]], noise, noise_gen)
+        sample = _release(acts[idx[:256]].to(dev), noise, noise_gen)
         model.in_mean.copy_(sample.mean((0, 2, 3), keepdim=True))
         model.in_std.copy_(sample.std((0, 2, 3), keepdim=True).clamp_min(1e-6))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-3)
@@ -111,8 +115,8 @@ def train_verifier(
     model.train()
     for _ in tqdm(range(cfg.steps), desc=desc, disable=not progress, leave=False):
         pick = torch.randint(0, idx.numel(), (min(cfg.batch_size, idx.numel()),), generator=gen)
-        x = _release(acts[idx[pick]], noise, noise_gen)
-        loss = F.cross_entropy(model(x), labels[pick], label_smoothing=0.1)
+        x = _release(acts[idx[pick]].to(dev, non_blocking=True), noise, noise_gen)
+        loss = F.cross_entropy(model(x), labels[pick.to(dev)], label_smoothing=0.1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -153,7 +157,10 @@ def linkage_auc(
     out = {"raw_auc": roc_auc((raw @ raw.T)[ii, jj], same), "pairs_same": float(same.sum())}
     out["pairs_different"] = float((~same).sum())
     if verifier is not None:
-        emb = torch.cat([verifier.embed(released[i : i + 128]) for i in range(0, released.shape[0], 128)])
+        dev = verifier.in_mean.device
+        emb = torch.cat(
+            [verifier.embed(released[i : i + 128].to(dev)).cpu() for i in range(0, released.shape[0], 128)]
+        )
         out["verifier_auc"] = roc_auc((emb @ emb.T)[ii, jj], same)
     out["auc"] = max(out["raw_auc"], out.get("verifier_auc", 0.0))
     return out

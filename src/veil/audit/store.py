@@ -21,7 +21,8 @@ def save_attacker(attacker: Attacker, path: str | Path) -> Path:
     """Store a trained attacker (decoder weights + its noise distribution) as safetensors, atomically."""
     from safetensors.torch import save as save_bytes
 
-    tensors = {f"decoder.{k}": v.detach().contiguous() for k, v in attacker.decoder.state_dict().items()}
+    state = attacker.decoder.state_dict()
+    tensors = {f"decoder.{k}": v.detach().cpu().contiguous() for k, v in state.items()}
     if attacker.noise is not None:
         tensors |= {
             "noise.mu": attacker.noise.mu,
@@ -30,7 +31,7 @@ def save_attacker(attacker: Attacker, path: str | Path) -> Path:
         }
     cond = attacker.noise.conditional if attacker.noise is not None else None
     if cond is not None:  # the attacker's copy of the sender's sigma network
-        tensors |= {f"noise.conditional.{k}": v.detach() for k, v in cond.state_dict().items()}
+        tensors |= {f"noise.conditional.{k}": v.detach().cpu() for k, v in cond.state_dict().items()}
     d = attacker.decoder
     meta = {
         "architecture": ARCHITECTURE,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from veil.cli.common import WeightsOpt, resolve_weights, set_threads
+from veil.cli.common import WeightsOpt, check_device, resolve_weights, set_threads
 from veil.errors import VeilError
 
 
@@ -41,6 +41,9 @@ def audit(
     model: str = typer.Option("faceboxes", help="Model name from `veil models`."),
     seed: int = typer.Option(0, help="Seed of the attacker's own randomness."),
     threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
+    device: str = typer.Option(
+        "cpu", help="Where heads run and attackers train: cpu or cuda (the whole family in minutes)."
+    ),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Train reconstruction and linkage attackers against clean and noisy activations; write the report."""
@@ -49,7 +52,7 @@ def audit(
     set_threads(threads)
     if size is not None and (size < 32 or size % 32):
         raise VeilError(f"--size must be a positive multiple of 32, got {size}")
-    cfg = AttackConfig(seed=seed, max_images=max_images)
+    cfg = AttackConfig(seed=seed, max_images=max_images, device=check_device(device))
     for key, value in {
         "steps": steps,
         "output_size": output_size,
@@ -62,7 +65,7 @@ def audit(
             setattr(cfg, key, value)
     if size is not None:
         cfg.input_size = size
-    link = LinkageConfig(seed=seed)
+    link = LinkageConfig(seed=seed, device=cfg.device)
     if linkage_steps is not None:
         link.steps = linkage_steps
     result = run_audit(
