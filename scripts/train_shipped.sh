@@ -6,7 +6,8 @@
 # scenes (their boxes unused), so that the *test* half, the FDDB sample and the WIDER sample are never
 # seen in training.
 # Reference-design compatible: split after RDCL (the reference's 1x128x32x32 interface, same wire shape),
-# noise and tail only (the shipped file predates `--train-head` at rdcl, which fine-tunes RDCL's conv2).
+# noise and tail only, sigma capped at 0.3x the activations' std and suppression off: it keeps the
+# reference's accuracy (above its 94.7 %) and is not private -- no RDCL release measured is (README).
 # Training draws its noise from OS entropy, so a rerun gives a transform of the same quality, not the
 # same bytes (two runs of one recipe differ by 1-2 AP points).
 set -euo pipefail
@@ -32,16 +33,16 @@ for a in 0.2 0.5 0.8; do
   [ -f "$OUT/faceboxes-inception3-alpha$a/transform.json" ] && continue  # already trained
   veil train "${common[@]}" "${default[@]}" --alpha "$a" --out "$(release $a)"
 done
-# (adding --smax-factor 0.3 --suppress-factor 2 reaches the reference's accuracy at a release that hides
-# almost nothing; README, "What this says")
+# (the file it replaced used the default cap, 8x, and suppression: 80 % of channels suppressed, 88.9 /
+# 103.3 / 87.4 % of street / FDDB / WIDER AP after four tail passes, and still far from private)
 [ -f "$OUT/faceboxes-rdcl-alpha0.8/transform.json" ] ||
-veil train "${common[@]}" --alpha 0.8 --split rdcl --train-tail --granularity channel --out "$(release rdcl)"
+veil train "${common[@]}" --alpha 0.8 --split rdcl --train-tail --granularity channel --smax-factor 0.3 \
+  --suppress-factor 2 --lr-tail 1e-4 --distill-weights uniform --out "$(release rdcl)"
 # 2. the tails, against the frozen releases (12-25 minutes a pass on 2 cores). alpha 0.12, 0.5, 0.8 and
-#    RDCL add a two-block server-side adapter (--adapter 2); alpha 0.12 and RDCL then take a second pass
-#    on twice the samples (retune), and a third with more street-scene crops (--scene-fraction 0.75):
-#    together +1 street-scene point for the default, +4 street and +6 WIDER points for RDCL; then street
-#    crops tiled as crowds (--scene-grids): +1 street point for the default, +9 street and +5 WIDER for RDCL
-#    (README, "What this says").
+#    RDCL add a two-block server-side adapter (--adapter 2); alpha 0.12 then takes a second pass on twice
+#    the samples (retune), and a third with more street-scene crops (--scene-fraction 0.75): together +1
+#    street-scene point; then street crops tiled as crowds (--scene-grids): +1 street point. RDCL takes one
+#    pass, on street crops and their crowds (README, "What this says").
 tuned() {  # release-dir out-dir [options]
   [ -d "$1" ] || return 0
   veil tune-tail "${tune[@]}" -t "$1" --out "$2" "${@:3}" && rm -rf "$1"
@@ -63,13 +64,7 @@ fi
 tuned "$(release 0.2)" "$OUT/faceboxes-inception3-alpha0.2"
 tuned "$(release 0.5)" "$OUT/faceboxes-inception3-alpha0.5" --adapter 2 "${second[@]}"
 tuned "$(release 0.8)" "$OUT/faceboxes-inception3-alpha0.8" --adapter 2
-if [ -d "$(release rdcl)" ]; then
-  tuned "$(release rdcl)" "$OUT/faceboxes-rdcl-alpha0.8"
-  retune "$OUT/faceboxes-rdcl-alpha0.8" --adapter 2 "${second[@]}"
-  retune "$OUT/faceboxes-rdcl-alpha0.8" --samples 2048 --seed 3 --lr-tail 5e-5 --scene-fraction 0.75
-  retune "$OUT/faceboxes-rdcl-alpha0.8" --samples 2048 --seed 4 --lr-tail 5e-5 --scene-fraction 0.75 \
-    --scene-grids 1,2,3,4
-fi
+tuned "$(release rdcl)" "$OUT/faceboxes-rdcl-alpha0.8" --adapter 2 --scene-fraction 0.75 --scene-grids 1,2,3,4
 # mark the default configuration (what `--alpha A` and `veil demo` use)
 python3 - "$OUT" <<'PY'
 import json, sys, pathlib

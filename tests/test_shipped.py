@@ -40,3 +40,19 @@ def test_smallest_alpha_keeps_ap_on_mask_scenes(weights: Path, mask_scenes: Path
     # One draw moves by ~0.007 AP (fresh noise); six put the mean's spread well inside the 0.03 margin.
     summary, _ = evaluate_draws(data, noisy.detect, draws=6, progress=False)
     assert summary.mean.pooled_ap >= clean - 0.03, (clean, summary.pooled.tolist())
+
+
+@pytest.mark.slow
+def test_reference_split_beats_the_reference_retention(weights: Path, mask_scenes: Path) -> None:
+    """The reference design kept 94.7 % of its AP at α = 0.8 after RDCL; the shipped RDCL file must beat it.
+
+    On the held-out street scenes one draw moves by ~1.8 % of clean AP, so the mean of three sits well clear
+    of the line when the file keeps its measured ~97 %. (WIDER's 10 images move ~3.6 % a draw: the README
+    measures it over 24 draws instead.)
+    """
+    data = load_dataset(mask_scenes).part("test")
+    clean = evaluate_draws(data, load_pipeline(weights).detect, draws=1, progress=False)[0].mean.pooled_ap
+    path = SHIPPED_DIR / "faceboxes-rdcl-alpha0.8"
+    assert load_transform(path, weights).split == "rdcl"
+    summary, _ = evaluate_draws(data, load_pipeline(weights, path).detect, draws=3, progress=False)
+    assert summary.mean.pooled_ap >= 0.947 * clean, (clean, summary.pooled.tolist())
