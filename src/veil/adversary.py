@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from veil.audit.attack import Decoder, _loss, head_activations, resize_uint8
+from veil.audit.attack import _loss, head_activations, resize_uint8
+from veil.audit.decoder import Decoder
 from veil.audit.metrics import to_unit
 from veil.errors import InputError
 from veil.imageio import list_images, load_image

@@ -20,10 +20,8 @@ from tqdm import tqdm
 
 from veil.artifact import Transform, load_transform, release_digest
 from veil.audit.attack import (
-    ARCHITECTURE,
     AttackConfig,
     Attacker,
-    Decoder,
     ImageSet,
     NoiseSpec,
     adapt_attacker,
@@ -33,6 +31,7 @@ from veil.audit.attack import (
     score,
     train_attacker,
 )
+from veil.audit.decoder import ARCHITECTURE, Decoder
 from veil.audit.linkage import LinkageConfig, linkage_auc, train_verifier
 from veil.audit.metrics import batched_dcor, distance_correlation, psnr, roc_auc, ssim, to_unit
 from veil.audit.report import AuditResult, TargetResult, write_report

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from veil.audit.attack import ARCHITECTURE, Attacker, Decoder, NoiseSpec
+from veil.audit.attack import Attacker, NoiseSpec
+from veil.audit.decoder import ARCHITECTURE, Decoder
 from veil.errors import InputError
 from veil.imageio import atomic_write_bytes
 from veil.noise import NoiseTransform
