@@ -56,3 +56,26 @@ def test_reference_split_beats_the_reference_retention(weights: Path, mask_scene
     assert load_transform(path, weights).split == "rdcl"
     summary, _ = evaluate_draws(data, load_pipeline(weights, path).detect, draws=3, progress=False)
     assert summary.mean.pooled_ap >= 0.947 * clean, (clean, summary.pooled.tolist())
+
+
+def test_evaluate_shipped_only_reads_back_the_earlier_rows(tmp_path: Path) -> None:
+    """scripts/evaluate_shipped.py --only: rows it does not re-measure come back exactly as written."""
+    import importlib.util
+
+    from veil.sweep import SweepRow, write_report
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "evaluate_shipped.py"
+    spec = importlib.util.spec_from_file_location("evaluate_shipped", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = [
+        SweepRow(None, 0.5, 0.0, 1.0, 0.0, float("inf"), None),
+        SweepRow(0.12, 0.49, 0.006, 0.98, 1.0, -13.7, "faceboxes-inception3-alpha0.12"),
+        SweepRow(0.8, 0.44, 0.005, 0.89, 4.1, -7.0, "faceboxes-rdcl-alpha0.8"),
+    ]
+    write_report(rows, tmp_path / "set", "t")
+    kept = module._previous(tmp_path / "set" / "sweep.json")
+    assert kept == {"": rows[0], rows[1].transform: rows[1], rows[2].transform: rows[2]}
+    with pytest.raises(SystemExit, match="run without --only"):
+        module._previous(tmp_path / "other" / "sweep.json")
