@@ -141,3 +141,48 @@ def test_cuda_audit_trains_real_attackers(
         assert found is not None
         auc[name] = found["auc"]
     assert auc["clean"] > auc["high"] + 0.05 and auc["clean"] > 0.6, auc
+
+
+@pytest.mark.slow
+def test_cuda_training_and_tail_tuning(weights: Path, shared_dir: Path, tmp_path: Path) -> None:
+    """``veil train / tune-tail --device cuda``: head block, noise, tail, adapter and online attacker train
+    on the GPU; the artifact is stored from CPU tensors, loads anywhere, and tuning keeps the release."""
+    from conftest import TINY_TRAIN
+    from veil.artifact import load_transform, release_digest
+    from veil.cli.tune_cmd import tune_config
+    from veil.models import create_model, split_model
+    from veil.models.adapter import adapter_shape
+    from veil.train import TrainConfig, train
+
+    photos = [str(shared_dir / "data/lfw/attack")]  # the folder a GPU machine's copy of ../shared carries
+    cfg = TrainConfig(
+        weights=str(weights),
+        images=photos,
+        alpha=0.5,
+        granularity="channel",
+        privacy="adversarial",
+        adversary_photos=16,
+        train_head=True,
+        tail_adapter=2,
+        device="cuda",
+        **(TINY_TRAIN | {"steps": 20}),
+    )
+    metrics = train(cfg, tmp_path / "t", progress=False)
+    tr = load_transform(tmp_path / "t", weights)
+    assert tr.meta["train"]["device"] == "cuda" and metrics["mean_sigma"] > 0
+    assert tr.head_state is not None and tr.tail_state is not None
+    base = split_model(create_model("faceboxes", weights), "inception3")[0].state_dict()
+    moved = [k for k, v in tr.head_state.items() if not torch.equal(v, base[k])]
+    assert moved, "the head block did not train"
+    assert adapter_shape(tr.tail_state) == (128, 2, 64)  # built on the CPU, trained on the GPU
+
+    tuned_cfg = tune_config(tmp_path / "t", weights, steps=10, samples=8, device="cuda", images=photos)
+    train(tuned_cfg, tmp_path / "u", progress=False)
+    tuned = load_transform(tmp_path / "u", weights)
+    assert release_digest(tuned) == release_digest(tr)  # the client's tensor is unchanged
+    assert tuned.tail_state is not None
+    assert any(not torch.equal(tuned.tail_state[k], v) for k, v in tr.tail_state.items())
+    det = load_pipeline(weights, tmp_path / "u")  # trained on the GPU, served from the CPU
+    image = load_image(sorted(shared_dir.glob("data/fddb-sample/**/*.jpg"))[0])
+    boxes = det.detect([image])[0]
+    assert boxes.shape[-1] == 5 and bool(torch.isfinite(boxes).all())

@@ -47,7 +47,8 @@ class OnlineAttacker:
     ) -> None:
         if activations.shape[0] != targets.shape[0] or activations.shape[0] < 2:
             raise InputError("the online attacker needs at least two photos with activations and targets")
-        self.activations, self.targets, self.encoder = activations, to_unit(targets), encoder
+        self.device = activations.device  # the decoder trains where the activations are
+        self.activations, self.targets, self.encoder = activations, to_unit(targets).to(self.device), encoder
         released = self._encode(activations[:2]).detach()
         self.decoder_shape = (released.shape[1], released.shape[-1], targets.shape[-1], width)
         self.lr = lr
@@ -66,7 +67,7 @@ class OnlineAttacker:
         """
         with torch.random.fork_rng():  # the same decoder for the same seed, whatever ran before
             torch.manual_seed(seed)
-            self.decoder = Decoder(*self.decoder_shape)
+            self.decoder = Decoder(*self.decoder_shape).to(self.device)
         self.opt = torch.optim.Adam(self.decoder.parameters(), lr=self.lr)
 
     def privacy_term(self, noise: NoiseTransform) -> tuple[Tensor, float]:
@@ -96,7 +97,7 @@ class OnlineAttacker:
 
     def _batch(self) -> tuple[Tensor, Tensor]:
         n = self.activations.shape[0]
-        idx = torch.randint(0, n, (min(self.batch_size, n),), generator=self.gen)
+        idx = torch.randint(0, n, (min(self.batch_size, n),), generator=self.gen).to(self.device)
         return self.activations[idx], self.targets[idx]
 
     def _encode(self, clean: Tensor) -> Tensor:
@@ -149,7 +150,7 @@ class OnlineAttacker:
 
 def _release(noise: NoiseTransform, clean: Tensor, gen: torch.Generator) -> Tensor:
     """``noise`` applied to activations of another spatial size (a per-channel transform fits any)."""
-    eps = torch.randn(clean.shape, generator=gen, dtype=clean.dtype)
+    eps = torch.randn(clean.shape, generator=gen, dtype=clean.dtype).to(clean.device)
     out = clean + noise.mu + noise.sigma(clean) * eps
     return torch.where(noise.keep, out, noise.mu.expand_as(out))
 
@@ -180,6 +181,9 @@ def build_online_attacker(
 
     With ``encoder`` (a trainable block after ``head``), releases are ``noise(encoder(activation))``.
     """
-    acts = head_activations(head, photos, input_size, desc="caching attacker photos", progress=progress)
+    device = next(head.parameters()).device
+    acts = head_activations(
+        head, photos, input_size, desc="caching attacker photos", progress=progress, device=device
+    ).to(device)
     targets = torch.stack([resize_uint8(p, output_size) for p in photos])
     return OnlineAttacker(acts, targets, seed=seed, encoder=encoder, steps=steps)

@@ -86,11 +86,14 @@ class TrainConfig:
     tail_adapter: int = 0  # residual blocks a server-side adapter puts before the tail (0: none)
     init: str = ""  # start from this transform directory (its noise, fine-tuned head and tail)
     freeze_release: bool = False  # with init: only the tail learns; what the client sends stays the same
+    device: str = "cpu"  # where the cache, the noise, the tail (and head block, attacker) live: cpu or cuda
 
     def __post_init__(self) -> None:
         """Refuse option values the run would otherwise silently ignore (CLI and library alike)."""
         from veil.data.labels import PARTS
 
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise InputError(f"--device must be cpu or cuda (or cuda:N), got {self.device!r}")
         if self.task not in TASKS:
             raise InputError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.task == "mixed" and not self.labels:
@@ -246,12 +249,15 @@ def train(
     at that step (leaving only the checkpoint), e.g. to fit a time-boxed job.
     """
     rank, world = _dist_info()
+    dev = torch.device(cfg.device)
+    if dev.type != "cpu" and world > 1:
+        raise InputError("--device cuda runs one process: leave out torchrun, or train on CPUs under it")
     out = Path(out)
     work = out.with_name(f".{out.name}.work")
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed + rank)
     spec = get_spec(cfg.model)
-    model = create_model(cfg.model, cfg.weights)
+    model = create_model(cfg.model, cfg.weights).to(dev)
     head, tail = split_model(model, cfg.split)
     pre, block = split_block(model, cfg.split, cfg.head_blocks) if cfg.train_head else (head, None)
     cache = prepare_cache(cfg, pre, tail, rank, world, progress and rank == 0, block)
@@ -277,6 +283,7 @@ def train(
         noise, origin = start_from(cfg, head, tail, released_shape)
     if cfg.tail_adapter:  # kept if the source already has one of this size (veil.models.adapter)
         attach_adapter(tail, released_shape[0], cfg.tail_adapter)
+    noise, tail = noise.to(dev), tail.to(dev)  # a new adapter is built on the CPU
     trained_block = block
     if cfg.freeze_release:  # nothing before the tail learns: cache the released block's outputs once
         if block is not None:
@@ -323,7 +330,7 @@ def train(
             # From here on, suppressed elements are the constant mu during training too, so the tail
             # learns to work with exactly what inference will send (not with noise it will never see).
             noise.suppress_above(cfg.suppress_factor * noise.smax, cfg.suppress_max)
-        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen)
+        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen).to(dev)
         loc, conf = ddp(cache.activations[idx])
         task = task_loss(cache, idx, loc, conf, cfg)
         priv = privacy_loss(noise, channel_std, per_request=cfg.privacy_pool == "request")

@@ -54,21 +54,25 @@ def build_cache(
     ``images`` may be a generator: each image is dropped once its activation is cached.
     """
     acts, probs, locs = [], [], []
+    device = next(head.parameters()).device  # the cache lives where training runs
     bar = tqdm(images, desc="caching clean activations", disable=not progress, unit="img", total=total)
     for img in bar:
-        x = preprocess([img], size=(size, size)).tensor
+        x = preprocess([img], size=(size, size), device=device).tensor
         a = head(x)
         loc, conf = tail(a if block is None else block(a))
         acts.append(a.contiguous())
         probs.append(conf.softmax(-1)[..., 1])
         locs.append(loc)
         if len(acts) == 1 and total:
-            check_fits(total, acts[0].nbytes + probs[0].nbytes + loc.nbytes)
+            check_fits(total, acts[0].nbytes + probs[0].nbytes + loc.nbytes, available_memory(device))
     return Cache(torch.cat(acts), torch.cat(probs), torch.cat(locs))
 
 
-def available_memory() -> int | None:
-    """Bytes the kernel says a new allocation can get (MemAvailable), or None where it cannot tell."""
+def available_memory(device: torch.device | None = None) -> int | None:
+    """Bytes a new allocation can get: free GPU memory on a CUDA device, else the kernel's MemAvailable
+    (None where it cannot tell)."""
+    if device is not None and device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -134,7 +138,8 @@ def prepare_cache(
             return cache
     samples = labeled_samples(labeled, boxed, cfg.input_size, cfg.seed, progress)[rank::world]
     part = build_cache(head, tail, [s.image for s in samples], cfg.input_size, progress, block)
-    part.loc_target, part.label = match_samples(samples, cfg.input_size)
+    loc_target, label = match_samples(samples, cfg.input_size)
+    part.loc_target, part.label = loc_target.to(part.loc.device), label.to(part.loc.device)
     if cache is None:  # multibox: every sample boxed
         return part
     return Cache(  # mixed: distilled samples first, then the boxed ones (distilled as well)

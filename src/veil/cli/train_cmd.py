@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from veil.cli.common import WeightsOpt, int_list, resolve_weights, set_threads
+from veil.cli.common import WeightsOpt, check_device, int_list, resolve_weights, set_threads
 from veil.errors import VeilError
 
 if TYPE_CHECKING:
@@ -121,6 +121,7 @@ def train(
     size: int = typer.Option(1024, help="Input size the transform is trained for."),
     seed: int = typer.Option(0, help="Seed of the data augmentation (the noise itself stays OS-seeded)."),
     threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
+    device: str = typer.Option("cpu", help="Where to train: cpu or cuda (one process; the cache must fit)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Learn a noise transform for a model split; resumable, works under torchrun."""
@@ -162,6 +163,7 @@ def train(
         smax_factor=smax_factor,
         suppress_factor=suppress_factor,
         suppress_max=suppress_max,
+        device=check_device(device),
     )
     set_threads(threads)
     metrics = run(cfg, out, progress=not quiet)

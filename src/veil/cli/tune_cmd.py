@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from veil.cli.common import WeightsOpt, int_list, resolve_weights, set_threads
+from veil.cli.common import WeightsOpt, check_device, int_list, resolve_weights, set_threads
 from veil.errors import VeilError
 
 #: Options that decide the release: taken from the source transform, never from the command line.
@@ -30,7 +30,7 @@ def tune_config(source: Path, weights: Path, **overrides: Any) -> Any:
         raise VeilError(f"{source}: transform.json records no training configuration; cannot tune its tail")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     base = {k: v for k, v in recorded.items() if k in known}
-    for key in ("init", "freeze_release", "adversary_reset"):
+    for key in ("init", "freeze_release", "adversary_reset", "device"):  # device: where this run is
         base.pop(key, None)
     given = {k: v for k, v in overrides.items() if v is not None and v != []}
     if given.get("task", base.get("task")) != "mixed" and "label_weight" not in given:
@@ -89,6 +89,7 @@ def tune_tail(
     ),
     seed: int = typer.Option(1, help="Augmentation seed (not the source's, so the tail sees new crops)."),
     threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
+    device: str = typer.Option("cpu", help="Where to train: cpu or cuda (the cache must fit there)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Train only the tail of a transform against its frozen release (privacy unchanged, accuracy up)."""
@@ -114,6 +115,7 @@ def tune_tail(
         lr_tail=lr_tail,
         tail_adapter=adapter,
         seed=seed,
+        device=check_device(device),
     )
     set_threads(threads)
     metrics = run(cfg, out, progress=not quiet)
