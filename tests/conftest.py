@@ -45,6 +45,17 @@ def run_veil(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
     )
 
 
+def assert_device_refused(*command: str) -> None:
+    """``command --device tpu`` (and ``--device cuda`` without a GPU) fails with one line, no traceback."""
+    result = run_veil(*command, "--device", "tpu")
+    assert result.returncode != 0 and "--device must be cpu or cuda" in result.stderr
+    assert "Traceback" not in result.stderr
+    if not torch.cuda.is_available():
+        result = run_veil(*command, "--device", "cuda")
+        assert result.returncode != 0 and "no CUDA GPU is visible" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def _require(path: Path) -> Path:
     """Return ``path`` or skip, so a user's clone without ../shared still passes."""
     if not path.exists():
