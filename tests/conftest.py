@@ -45,6 +45,18 @@ def run_veil(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
     )
 
 
+def load_script(name: str) -> Any:
+    """``scripts/NAME.py`` as a module, so tests call its functions (the scripts are not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def assert_device_refused(*command: str) -> None:
     """``command --device tpu`` (and ``--device cuda`` without a GPU) fails with one line, no traceback."""
     result = run_veil(*command, "--device", "tpu")

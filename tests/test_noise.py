@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -148,13 +146,9 @@ def test_split_model_release_is_noisy(faceboxes: torch.nn.Module) -> None:
 
 def test_scale_noise_diagnostic_scales_sigma_exactly() -> None:
     """scripts/scale_noise.py: the copy's sigma is scale x the original's (0: practically no noise)."""
-    import importlib.util
+    from conftest import load_script
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "scale_noise.py"
-    spec = importlib.util.spec_from_file_location("scale_noise", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("scale_noise")
     noise = NoiseTransform((4, 3, 3), smin=0.1, smax=2.0, granularity="channel", seed=0)
     with torch.no_grad():
         noise.rho.copy_(torch.linspace(-2, 2, noise.rho.numel()).view_as(noise.rho))

@@ -60,15 +60,10 @@ def test_reference_split_beats_the_reference_retention(weights: Path, mask_scene
 
 def test_evaluate_shipped_only_reads_back_the_earlier_rows(tmp_path: Path) -> None:
     """scripts/evaluate_shipped.py --only: rows it does not re-measure come back exactly as written."""
-    import importlib.util
-
+    from conftest import load_script
     from veil.sweep import SweepRow, write_report
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "evaluate_shipped.py"
-    spec = importlib.util.spec_from_file_location("evaluate_shipped", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("evaluate_shipped")
     rows = [
         SweepRow(None, 0.5, 0.0, 1.0, 0.0, float("inf"), None),
         SweepRow(0.12, 0.49, 0.006, 0.98, 1.0, -13.7, "faceboxes-inception3-alpha0.12"),

@@ -57,6 +57,9 @@ class OnlineAttacker:
         self.clean_var = activations.var((0, 2, 3), keepdim=True)
         self.batch_size, self.ssim_weight, self.steps = batch_size, ssim_weight, steps
         self.gen = torch.Generator().manual_seed(seed)
+        # noise is drawn where the decoder trains: on a GPU no per-step host draw and copy
+        on_cpu = self.device.type == "cpu"
+        self.noise_gen = self.gen if on_cpu else torch.Generator(device=self.device).manual_seed(seed + 1)
         self.mean_image = self.targets.mean(0, keepdim=True)
 
     def reset(self, seed: int) -> None:
@@ -80,10 +83,10 @@ class OnlineAttacker:
         for _ in range(self.steps - 1):  # extra decoder updates: the chaser keeps up with the transform
             clean, target = self._batch()
             with torch.no_grad():
-                released = self._standardise(noise, _release(noise, self._encode(clean), self.gen))
+                released = self._standardise(noise, _release(noise, self._encode(clean), self.noise_gen))
             self._update(released, target)
         clean, target = self._batch()
-        released = self._standardise(noise, _release(noise, self._encode(clean), self.gen))
+        released = self._standardise(noise, _release(noise, self._encode(clean), self.noise_gen))
         self._update(released.detach(), target)
         self.decoder.requires_grad_(False)
         try:
@@ -150,7 +153,7 @@ class OnlineAttacker:
 
 def _release(noise: NoiseTransform, clean: Tensor, gen: torch.Generator) -> Tensor:
     """``noise`` applied to activations of another spatial size (a per-channel transform fits any)."""
-    eps = torch.randn(clean.shape, generator=gen, dtype=clean.dtype).to(clean.device)
+    eps = torch.randn(clean.shape, generator=gen, dtype=clean.dtype, device=clean.device)
     out = clean + noise.mu + noise.sigma(clean) * eps
     return torch.where(noise.keep, out, noise.mu.expand_as(out))
 

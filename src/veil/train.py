@@ -28,6 +28,7 @@ from tqdm import tqdm
 from veil.adversary import OnlineAttacker, adversary_photos, build_online_attacker
 from veil.artifact import save_transform
 from veil.data.images import GRID_CHOICES, check_grids
+from veil.device import check_device
 from veil.errors import InputError
 from veil.losses import DISTILL_WEIGHTS, TASKS, privacy_loss
 from veil.models import create_model, get_spec, split_model
@@ -92,8 +93,7 @@ class TrainConfig:
         """Refuse option values the run would otherwise silently ignore (CLI and library alike)."""
         from veil.data.labels import PARTS
 
-        if self.device != "cpu" and not self.device.startswith("cuda"):
-            raise InputError(f"--device must be cpu or cuda (or cuda:N), got {self.device!r}")
+        check_device(self.device)
         if self.task not in TASKS:
             raise InputError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.task == "mixed" and not self.labels:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from veil.cli.common import WeightsOpt, check_device, resolve_weights, set_threads
+from veil.cli.common import WeightsOpt, resolve_weights, set_threads
+from veil.device import check_device
 from veil.errors import VeilError
 
 

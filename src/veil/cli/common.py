@@ -42,15 +42,6 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def check_device(device: str) -> str:
-    """``cpu``, ``cuda`` or ``cuda:N``, and a CUDA one only where a GPU is visible (one-line errors)."""
-    if device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
-        raise VeilError(f"--device must be cpu or cuda (or cuda:N), got {device!r}")
-    if device != "cpu" and not torch.cuda.is_available():
-        raise VeilError(f"--device {device}: no CUDA GPU is visible to PyTorch here; use --device cpu")
-    return device
-
-
 def parse_size(
     size: int | None, resize: float | None
 ) -> tuple[tuple[int, int] | Literal["auto"] | None, float]:

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from veil.cli.common import WeightsOpt, check_device, int_list, resolve_weights, set_threads
+from veil.cli.common import WeightsOpt, int_list, resolve_weights, set_threads
+from veil.device import check_device
 from veil.errors import VeilError
 
 if TYPE_CHECKING:

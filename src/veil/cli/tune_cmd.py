@@ -12,7 +12,8 @@ from typing import Any
 
 import typer
 
-from veil.cli.common import WeightsOpt, check_device, int_list, resolve_weights, set_threads
+from veil.cli.common import WeightsOpt, int_list, resolve_weights, set_threads
+from veil.device import check_device
 from veil.errors import VeilError
 
 #: Options that decide the release: taken from the source transform, never from the command line.
