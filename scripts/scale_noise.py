@@ -11,6 +11,12 @@ that *any* server-side tail can reach for that release: if the ceiling is below 
 release (and a new privacy audit) can meet it. The copy is marked ``"diagnostic"`` (and so is any tail
 tuned from it): it hides nothing the scale removed, so the Triton client refuses to send it unless told
 ``--allow-clean``.
+
+Three more switches take the rest of the release apart, to find *which* part loses what a target needs:
+``--unsuppress`` sends the suppressed channels' real values, ``--drop-mu`` removes μ, and ``--revert-head T
+--weights W`` moves a fine-tuned head block T of the way back to the base checkpoint's (1: the original
+block). ``--scale 0 --unsuppress --drop-mu --revert-head 1`` is the clean activation: its tuned-tail AP says
+what the tail tuning itself can reach.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from pathlib import Path
 
 import torch
 
-from veil.artifact import load_transform, save_transform
+from veil.artifact import Transform, load_transform, save_transform
 from veil.errors import VeilError
+from veil.models import create_model
 
 SATURATED = 8.0  # tanh(-8) = -1 + 2e-7: sigma is smin plus 1e-7 of the range, yet log(mean sigma) is finite
 
@@ -37,18 +44,52 @@ def scaled_rho(
     return torch.atanh((2 * target - 1).clamp(-math.tanh(SATURATED), math.tanh(SATURATED)))
 
 
+def reverted_head(tr: Transform, weights: Path, t: float) -> dict[str, torch.Tensor]:
+    """The transform's head block moved ``t`` of the way back to the base checkpoint's block."""
+    if not tr.head_state:
+        raise SystemExit(
+            "--revert-head: this transform has no fine-tuned head block (trained without --train-head)"
+        )
+    base, _ = create_model(tr.meta["model"], weights=weights).split(tr.meta["split"])
+    orig = base.state_dict()
+    return {
+        k: (1 - t) * v + t * orig[k].to(v.dtype) if v.is_floating_point() else v.clone()
+        for k, v in tr.head_state.items()
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("transform", type=Path)
     ap.add_argument("out", type=Path)
     ap.add_argument("--scale", type=float, required=True, help="multiply sigma by this (0: no noise)")
+    ap.add_argument(
+        "--unsuppress",
+        action="store_true",
+        help="also send the suppressed channels' real values: is what suppression removes what is lost?",
+    )
+    ap.add_argument("--drop-mu", action="store_true", help="also set mu to 0")
+    ap.add_argument(
+        "--revert-head",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="move the head block T of the way back (0..1)",
+    )
+    ap.add_argument("--weights", type=Path, help="the base checkpoint (needed by --revert-head)")
     args = ap.parse_args()
-    if not 0.0 <= args.scale <= 1.0:
-        raise SystemExit(f"--scale must be in [0, 1] (0: no noise), got {args.scale}")
+    for name in ("scale", "revert_head"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise SystemExit(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(args, name)}")
+    if args.revert_head and args.weights is None:
+        raise SystemExit(
+            "--revert-head needs --weights: the base checkpoint whose head block to move back to"
+        )
     if args.out.resolve() == args.transform.resolve():
         raise SystemExit("OUT must differ from TRANSFORM: a diagnostic copy never replaces a release")
     try:
-        tr = load_transform(args.transform)
+        tr = load_transform(args.transform, args.weights)
+        head = reverted_head(tr, args.weights, args.revert_head) if args.revert_head else tr.head_state
     except VeilError as exc:
         raise SystemExit(str(exc)) from None
     noise = tr.noise
@@ -56,8 +97,16 @@ def main() -> None:
         raise SystemExit("conditional transforms predict sigma per request: scale their network instead")
     with torch.no_grad():
         noise.rho.copy_(scaled_rho(noise.rho, noise.sigma(), noise.smin, noise.smax, args.scale))
-    meta = dict(tr.meta) | {"default": False, "diagnostic": f"sigma x {args.scale} of {args.transform}"}
-    save_transform(args.out, noise, meta, tr.tail_state, tr.head_state)
+        if args.unsuppress:
+            noise.keep.fill_(True)
+        if args.drop_mu:
+            noise.mu.zero_()
+    what = f"sigma x {args.scale}" + (", nothing suppressed" if args.unsuppress else "")
+    what += (", mu 0" if args.drop_mu else "") + (
+        f", head {args.revert_head} back" if args.revert_head else ""
+    )
+    meta = dict(tr.meta) | {"default": False, "diagnostic": f"{what} of {args.transform}"}
+    save_transform(args.out, noise, meta, tr.tail_state, head)
     print(f"wrote {args.out}: mean sigma {float(noise.mean_sigma()):.4g} (never serve it)")
 
 
