@@ -101,11 +101,14 @@ def main() -> None:
             noise.keep.fill_(True)
         if args.drop_mu:
             noise.mu.zero_()
-    what = f"sigma x {args.scale}" + (", nothing suppressed" if args.unsuppress else "")
-    what += (", mu 0" if args.drop_mu else "") + (
-        f", head {args.revert_head} back" if args.revert_head else ""
-    )
-    meta = dict(tr.meta) | {"default": False, "diagnostic": f"{what} of {args.transform}"}
+    what = [f"sigma x {args.scale}"]
+    if args.unsuppress:
+        what.append("nothing suppressed")
+    if args.drop_mu:
+        what.append("mu 0")
+    if args.revert_head:
+        what.append(f"head {args.revert_head} back")
+    meta = dict(tr.meta) | {"default": False, "diagnostic": f"{', '.join(what)} of {args.transform}"}
     save_transform(args.out, noise, meta, tr.tail_state, head)
     print(f"wrote {args.out}: mean sigma {float(noise.mean_sigma()):.4g} (never serve it)")
 

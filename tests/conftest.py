@@ -45,6 +45,12 @@ def run_veil(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
     )
 
 
+def run_script(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python scripts/NAME.py ARGS`` as a user runs it (its own process, errors as it prints them)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    return subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, timeout=timeout)
+
+
 def load_script(name: str) -> Any:
     """``scripts/NAME.py`` as a module, so tests call its functions (the scripts are not a package)."""
     import importlib.util

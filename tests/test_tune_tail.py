@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, run_veil, tiny_adversarial
+from conftest import TINY_TRAIN, run_script, run_veil, tiny_adversarial
 from veil.artifact import load_transform, release_digest
 from veil.cli.tune_cmd import tune_config
 from veil.errors import InputError, TransformError
@@ -159,17 +159,11 @@ def test_a_diagnostic_copy_keeps_its_mark_and_is_never_sent(
     source: Path, weights: Path, tmp_path: Path
 ) -> None:
     """scripts/scale_noise.py --scale 0: the copy, and tails tuned from it, are refused by the client."""
-    import subprocess
-    import sys
-
     from veil.cli.common import remote_detector
     from veil.errors import VeilError
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "scale_noise.py"
     copy = tmp_path / "noiseless"
-    done = subprocess.run(
-        [sys.executable, str(script), str(source), str(copy), "--scale", "0"], capture_output=True, text=True
-    )
+    done = run_script("scale_noise", str(source), str(copy), "--scale", "0")
     assert done.returncode == 0, done.stderr
     a, b = load_transform(source, weights), load_transform(copy, weights)
     assert torch.equal(a.noise.mu, b.noise.mu) and torch.equal(a.noise.keep, b.noise.keep)
@@ -181,16 +175,12 @@ def test_a_diagnostic_copy_keeps_its_mark_and_is_never_sent(
     for path in (copy, tuned):  # refused before any connection is tried
         with pytest.raises(VeilError, match="diagnostic copy"):
             remote_detector("127.0.0.1:9", weights, path)
-    same = [sys.executable, str(script), str(source), str(source), "--scale", "0"]
-    refused = subprocess.run(same, capture_output=True, text=True)
+    refused = run_script("scale_noise", str(source), str(source), "--scale", "0")
     assert refused.returncode != 0 and "OUT must differ" in refused.stderr
 
 
 def test_unsuppress_copy_sends_every_channel(source: Path, weights: Path, tmp_path: Path) -> None:
     """scripts/scale_noise.py --unsuppress: the suppressed channels come back; head block and mu stay."""
-    import subprocess
-    import sys
-
     from veil.artifact import save_transform
 
     src = load_transform(source, weights)
@@ -198,11 +188,9 @@ def test_unsuppress_copy_sends_every_channel(source: Path, weights: Path, tmp_pa
         src.noise.keep.view(-1)[:3] = False  # three suppressed channels, whatever the tiny run chose
     suppressed = tmp_path / "suppressed"
     save_transform(suppressed, src.noise, dict(src.meta), src.tail_state, src.head_state)
-    script = Path(__file__).resolve().parents[1] / "scripts" / "scale_noise.py"
     for flag, kept in (([], False), (["--unsuppress"], True)):
         out = tmp_path / f"copy{len(flag)}"
-        cmd = [sys.executable, str(script), str(suppressed), str(out), "--scale", "0", *flag]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        done = run_script("scale_noise", str(suppressed), str(out), "--scale", "0", *flag)
         assert done.returncode == 0, done.stderr
         copy = load_transform(out, weights)
         assert bool(copy.noise.keep.all()) is kept
@@ -212,13 +200,10 @@ def test_unsuppress_copy_sends_every_channel(source: Path, weights: Path, tmp_pa
     # --drop-mu --revert-head 1: the clean activation (the base block, no mu); 0.5 lies halfway
     base = create_model("faceboxes", weights=weights).split(src.meta["split"])[0].state_dict()
     for t in (1.0, 0.5):
-        out = tmp_path / f"revert{t}"
-        cmd = [sys.executable, str(script), str(suppressed), str(out), "--scale", "0", "--drop-mu"]
-        done = subprocess.run(
-            [*cmd, "--revert-head", str(t), "--weights", str(weights)], capture_output=True, text=True
-        )
+        cmd = [str(suppressed), str(tmp_path / f"revert{t}"), "--scale", "0", "--drop-mu", "--revert-head"]
+        done = run_script("scale_noise", *cmd, str(t), "--weights", str(weights))
         assert done.returncode == 0, done.stderr
-        copy = load_transform(out, weights)
+        copy = load_transform(tmp_path / f"revert{t}", weights)
         assert float(copy.noise.mu.abs().max()) == 0.0 < float(src.noise.mu.abs().max())
         moved = [
             k for k, v in src.head_state.items() if v.is_floating_point() and not torch.equal(v, base[k])
@@ -226,5 +211,5 @@ def test_unsuppress_copy_sends_every_channel(source: Path, weights: Path, tmp_pa
         assert moved, "the tiny run's head block never moved"
         for k in moved:
             assert torch.allclose(copy.head_state[k], (1 - t) * src.head_state[k] + t * base[k], atol=1e-6), k
-    no_weights = subprocess.run([*cmd, "--revert-head", "1"], capture_output=True, text=True)
+    no_weights = run_script("scale_noise", *cmd, "1")
     assert no_weights.returncode != 0 and "needs --weights" in no_weights.stderr
