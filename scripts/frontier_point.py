@@ -6,7 +6,11 @@ AP retained (mean of ``--draws`` noise draws) on the street scenes' held-out hal
 WIDER sample; with ``--attack``, the audit's K = 1 reconstruction attacker at its default budget (1,500
 steps at the transform's own input size) trained on ``lfw/attack`` and scored on ``lfw/test`` — the
 "SSIM K=1" column of docs/privacy.md's frontier tables, without the rest of ``veil audit`` (K = 4/16,
-linkage, clean baselines). Attack results are kept by the transform's release digest in
+linkage, clean baselines). ``--tiles K`` measures the tiled pipeline (``veil.tiles``) instead: AP with
+``K x K`` crops plus the full frame (clean AP measured the same way), and the attacker on what it sends
+for crop ``--tile-index I`` of each photo (that crop zoomed to the input size; the target is the crop).
+``--clean`` attacks the clean activation at the transform's split (the attack's ceiling).
+Attack results are kept by the transform's release digest in
 ``OUT/attacks.json``: a transform that releases exactly what an audited one does (``veil tune-tail``)
 reuses its number instead of training a new attacker.
 """
@@ -24,41 +28,64 @@ import torch
 
 from veil.artifact import load_transform, release_digest
 from veil.audit import AttackConfig, NoiseSpec, score, train_attacker
-from veil.audit.attack import ImageSet, head_activations
+from veil.audit.attack import ImageSet, head_activations, resize_uint8
 from veil.audit.metrics import ssim, to_unit
 from veil.data import load_dataset
 from veil.imageio import atomic_write_bytes, list_images
+from veil.models import create_model, split_model
 from veil.pipeline import transform_head
 from veil.sweep import evaluate_transform
+from veil.tiles import TileGrid, crops
 
 SHARED = Path(os.environ.get("VEIL_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 SETS = ("mask-scenes:test", "fddb-sample", "widerface-sample")
 
 
-def ap_retained(weights: Path, transform: Path, draws: int, clean: dict[str, float]) -> dict[str, Any]:
+def ap_retained(
+    weights: Path, transform: Path, draws: int, clean: dict[str, float], tiles: int = 1
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for spec in SETS:
         name, _, part = spec.partition(":")
         data = load_dataset(SHARED / "data" / name).part(part or "all")
         if spec not in clean:
-            clean[spec] = evaluate_transform(weights, None, data, 1).ap
-        row = evaluate_transform(weights, transform, data, draws, clean_ap=clean[spec])
+            clean[spec] = evaluate_transform(weights, None, data, 1, tiles=tiles).ap
+        row = evaluate_transform(weights, transform, data, draws, clean_ap=clean[spec], tiles=tiles)
         out[spec] = {"ap": row.ap, "ap_std": row.ap_std, "retained": row.retained, "snr_db": row.snr_db}
     return out
 
 
+def photos(folder: str, output_size: int, tile: tuple[int, int] | None) -> ImageSet:
+    """LFW photos, or (``tile`` = (tiles, index)) crop ``index`` of each as the tiled pipeline cuts it."""
+    found = ImageSet.load(list_images(SHARED / "data/lfw" / folder), output_size, folder)
+    if tile is None:
+        return found
+    images = [crops(img, TileGrid(tiles=tile[0]))[tile[1]] for img in found.images]
+    targets = torch.stack([resize_uint8(img, output_size) for img in images])
+    return ImageSet(f"{folder} crop {tile[1]}", found.paths, images, targets)
+
+
 def attack(
-    weights: Path, transform: Path, steps: int, seed: int, size: int = 0, device: str = "cpu"
+    weights: Path,
+    transform: Path,
+    steps: int,
+    seed: int,
+    size: int = 0,
+    device: str = "cpu",
+    tile: tuple[int, int] | None = None,
+    clean: bool = False,
 ) -> dict[str, Any]:
     tr = load_transform(transform, weights)
     size = size or int(tr.meta["input_size"][0])
     cfg = AttackConfig(steps=steps, seed=seed, input_size=size, device=device)
-    head = transform_head(weights, tr)
-    aux = ImageSet.load(list_images(SHARED / "data/lfw/attack"), cfg.output_size, "aux")
-    test = ImageSet.load(list_images(SHARED / "data/lfw/test"), cfg.output_size, "test")
+    if clean:
+        head = split_model(create_model("faceboxes", weights), tr.split)[0].eval()
+    else:
+        head = transform_head(weights, tr)
+    aux, test = photos("attack", cfg.output_size, tile), photos("test", cfg.output_size, tile)
     a = head_activations(head, aux.images, cfg.input_size, desc="aux activations", device=device)
     e = head_activations(head, test.images, cfg.input_size, desc="test activations", device=device)
-    spec = NoiseSpec.of(tr.noise, a.shape[1:])
+    spec = None if clean else NoiseSpec.of(tr.noise, a.shape[1:])
     attacker = train_attacker(a, aux.targets, aux.paths, spec, cfg, f"attack {transform.name}")
     s, p = score(attacker, e, test.targets, k=1, seed=cfg.seed + 101)
     mean = to_unit(aux.targets).mean(0, keepdim=True)
@@ -86,6 +113,11 @@ def main() -> None:
         "--size", type=int, default=0, help="attack at this input size (0: the transform's own; else a proxy)"
     )
     ap.add_argument("--device", default="cpu", help="where the attacker trains (cpu or cuda)")
+    ap.add_argument(
+        "--tiles", type=int, default=1, help="the tiled pipeline (veil.tiles): its AP, and its crops attacked"
+    )
+    ap.add_argument("--tile-index", type=int, default=0, help="which crop (rows outer; 0: top left)")
+    ap.add_argument("--clean", action="store_true", help="attack the clean activation (the ceiling)")
     ap.add_argument("--out", type=Path, default=Path("reports/frontier"))
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("VEIL_THREADS", "2")))
@@ -98,12 +130,16 @@ def main() -> None:
         digest = release_digest(load_transform(path, weights))
         row: dict[str, Any] = {"transform": str(path), "release_sha256": digest}
         if not args.no_ap:
-            row["ap"] = ap_retained(weights, path, args.draws, clean)
+            row["ap"] = ap_retained(weights, path, args.draws, clean, args.tiles)
+            row["tiles"] = args.tiles
         if args.attack:
-            key = f"{digest}:{args.steps}:{args.seed}" + (f":{args.size}" if args.size else "")
+            key = ("clean:" if args.clean else "") + f"{digest}:{args.steps}:{args.seed}"
+            key += f":{args.size}" if args.size else ""
+            tile = (args.tiles, args.tile_index) if args.tiles > 1 else None
+            key += f":tile{args.tiles}.{args.tile_index}" if tile else ""
             if key not in attacks:
                 t0 = time.perf_counter()
-                found = attack(weights, path, args.steps, args.seed, args.size, args.device)
+                found = attack(weights, path, args.steps, args.seed, args.size, args.device, tile, args.clean)
                 found["device"] = args.device
                 found["seconds"] = round(time.perf_counter() - t0, 1)
                 attacks[key] = found | {"first_seen": str(path)}

@@ -41,6 +41,24 @@ def test_remote_equals_local(
         assert_same_outputs(c.infer(act), det.tail(act))
 
 
+def test_tiled_detection_through_the_server(
+    server: Any, serve_parts: dict[str, Any], serve_images: list
+) -> None:
+    """``--tiles``: each image and its crops leave as one noisy batch; boxes match the local path."""
+    from veil.serve.validate import INPUT_SIZE
+    from veil.tiles import TileGrid, tiled
+
+    grid = TileGrid(tiles=2)
+    det = serve_parts["noisy"]
+    c = client(server, "grpc", head=det.head, noise=serve_parts["noise"])
+    server.recorder.take()
+    remote = tiled(c.detect, grid, INPUT_SIZE)(serve_images[:2])
+    assert_same_boxes(remote, tiled(det.detect, grid, det.size)(serve_images[:2]))
+    seen = server.recorder.take()
+    assert [(model, x.shape[0]) for model, x in seen] == [(NOISY_MODEL, grid.requests)] * 2
+    assert c.last_sent is not None and c.last_sent.shape == (grid.requests, *ACTIVATION_DIMS)
+
+
 def test_batches_above_max_are_split(server: Any, serve_parts: dict[str, Any]) -> None:
     x = torch.randn(11, *ACTIVATION_DIMS, generator=torch.Generator().manual_seed(2)).relu()
     with torch.inference_mode():

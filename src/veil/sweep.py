@@ -23,6 +23,7 @@ from veil.eval.runner import evaluate_draws
 from veil.imageio import atomic_write_bytes, load_image
 from veil.noise import snr_db
 from veil.pipeline import load_pipeline
+from veil.tiles import TileGrid, tiled
 
 
 @dataclass
@@ -54,10 +55,16 @@ def evaluate_transform(
     draws: int,
     clean_ap: float | None = None,
     progress: bool = False,
+    tiles: int = 1,
 ) -> SweepRow:
-    """One row of the table: AP (mean and std over draws) and the transform's strength."""
+    """One row of the table: AP (mean and std over draws) and the transform's strength.
+
+    ``tiles`` > 1 detects in the full frame and its crops too (:mod:`veil.tiles`); compare with a clean
+    row measured with the same ``tiles``.
+    """
     det = load_pipeline(weights, transform)
-    summary, _ = evaluate_draws(dataset, det.detect, draws=draws if transform else 1, progress=progress)
+    detect = tiled(det.detect, TileGrid(tiles=tiles), det.size or (0, 0))
+    summary, _ = evaluate_draws(dataset, detect, draws=draws if transform else 1, progress=progress)
     ap = summary.mean.pooled_ap
     std = float(summary.pooled.std(ddof=1)) if len(summary.per_draw) > 1 else 0.0
     if transform is None:

@@ -7,10 +7,19 @@ from pathlib import Path
 
 import typer
 
-from veil.cli.common import WeightsOpt, parse_size, remote_detector, resolve_weights, set_threads
+from veil.cli.common import (
+    TilesOpt,
+    WeightsOpt,
+    parse_size,
+    remote_detector,
+    resolve_weights,
+    set_threads,
+    with_tiles,
+)
 from veil.detect import PostProcess
 from veil.imageio import atomic_write_bytes, draw_detections, load_image, save_png
 from veil.pipeline import load_pipeline
+from veil.serve.validate import INPUT_SIZE
 
 
 def detect(
@@ -26,20 +35,23 @@ def detect(
     ),
     server: str | None = typer.Option(None, help="Triton URL: the tail runs there, head and noise here."),
     allow_clean: bool = typer.Option(False, help="With --server and no transform: send clean activations."),
+    tiles: int = TilesOpt,
 ) -> None:
     """Detect faces; writes <name>.png (boxes drawn) and <name>.json per image."""
     set_threads(threads)
     if server is not None:
         detect = remote_detector(server, weights, transform, allow_clean=allow_clean, threshold=threshold)
+        detect = with_tiles(detect, tiles, INPUT_SIZE)
     else:
         fixed, factor = parse_size(size, resize)
-        detect = load_pipeline(
+        det = load_pipeline(
             resolve_weights(weights),
             transform,
             size=fixed,
             resize=factor,
             post=PostProcess(threshold=threshold),
-        ).detect
+        )
+        detect = with_tiles(det.detect, tiles, det.size)
     for path in images:
         img = load_image(path)
         dets = detect([img])[0]

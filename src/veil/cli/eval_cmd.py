@@ -8,12 +8,14 @@ from pathlib import Path
 import typer
 
 from veil.cli.common import (
+    TilesOpt,
     WeightsOpt,
     parse_size,
     remote_detector,
     resolve_transform,
     resolve_weights,
     set_threads,
+    with_tiles,
 )
 from veil.data import load_dataset
 from veil.data.labels import LabeledDataset
@@ -22,6 +24,7 @@ from veil.errors import VeilError
 from veil.eval.report import write_json_atomic
 from veil.eval.runner import evaluate_draws, write_part
 from veil.pipeline import load_pipeline
+from veil.serve.validate import INPUT_SIZE
 
 app = typer.Typer(help="Evaluate a detector on an FDDB or WIDER FACE folder.", invoke_without_command=True)
 
@@ -77,6 +80,7 @@ def eval_main(
     noisy: bool = typer.Option(
         False, "--noisy", help="Reference-design flag: with --alpha, add noise (implied)."
     ),
+    tiles: int = TilesOpt,
     draws: int = typer.Option(0, help="Noise draws to average (default: 3 with a transform, 1 without)."),
     shard_index: int | None = typer.Option(
         None, help="This shard (default: $JOB_COMPLETION_INDEX, set by Kubernetes Indexed Jobs)."
@@ -108,8 +112,9 @@ def eval_main(
     fixed, factor = parse_size(size, resize)
     if server is not None:
         detect = remote_detector(server, weights, transform, allow_clean=allow_clean, threshold=threshold)
+        detect = with_tiles(detect, tiles, INPUT_SIZE)
     else:
-        detect = load_pipeline(
+        det = load_pipeline(
             resolve_weights(weights),
             transform,
             split=split,
@@ -117,7 +122,8 @@ def eval_main(
             resize=factor,
             post=PostProcess(threshold=threshold),
             verify=verify,
-        ).detect
+        )
+        detect = with_tiles(det.detect, tiles, det.size)
     n = draws or (3 if transform is not None else 1)
     if n > 1 and num_shards > 1:
         raise VeilError("--draws > 1 cannot be combined with sharding: use --draws 1 for shards")
@@ -132,6 +138,7 @@ def eval_main(
         )
     if json_out is not None:
         meta = {"dataset": str(dataset), "weights": str(weights), "size": size, "resize": resize}
+        meta["tiles"] = tiles
         meta["transform"] = None if transform is None else str(transform)
         if n > 1:
             write_json_atomic(json_out, summary.to_json() | {"meta": meta})

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from veil.cli.common import WeightsOpt, int_list, resolve_weights, set_threads
+from veil.cli.common import TilesOpt, WeightsOpt, int_list, resolve_weights, set_threads
 from veil.device import check_device
 from veil.errors import VeilError
 
@@ -190,6 +190,7 @@ def sweep(
     samples: int = typer.Option(256, help="Training samples per transform."),
     size: int = typer.Option(1024, help="Input size."),
     draws: int = typer.Option(3, help="Noise draws per AP measurement."),
+    tiles: int = TilesOpt,
     threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
@@ -207,7 +208,7 @@ def sweep(
         _check_alpha(a)
     w = resolve_weights(weights)
     data = load_dataset(dataset).part(part)
-    rows = [evaluate_transform(w, None, data, 1)]
+    rows = [evaluate_transform(w, None, data, 1, tiles=tiles)]
     for a in values:
         target = out / f"alpha-{a:g}"
         if not (target / "transform.json").is_file():
@@ -224,9 +225,10 @@ def sweep(
                 input_size=size,
             )
             run(cfg, target, progress=not quiet)
-        rows.append(evaluate_transform(w, target, data, draws, clean_ap=rows[0].ap))
+        rows.append(evaluate_transform(w, target, data, draws, clean_ap=rows[0].ap, tiles=tiles))
     title = (
         f"FaceBoxes, split {split}{' + tail' if train_tail else ''}, {data.name} ({len(data.images)} images)"
     )
-    write_report(rows, out, title, {"dataset": str(dataset), "draws": draws})
+    title += f", {tiles}x{tiles} tiles + full frame" if tiles > 1 else ""
+    write_report(rows, out, title, {"dataset": str(dataset), "draws": draws, "tiles": tiles})
     typer.echo(to_markdown(rows, title))

@@ -1,0 +1,133 @@
+"""Tiled detection: large faces from the full frame, small ones from zoomed overlapping crops.
+
+FaceBoxes' smallest anchor is 32 px at its input size, so a crowd's 25-px faces sit below what the
+full frame can resolve, and a private release (whose head block and noise hide fine detail) loses them
+first. Cutting the image into ``k x k`` overlapping crops, each sent at the full input size, enlarges
+every face by about ``k``: each crop is an ordinary request (same wire shape, fresh noise, the same
+audit), and the crowd's faces land above the smallest anchor. Crops only contribute faces the full
+frame sees as small (``max_face``): a zoomed crop of a large face yields confident parts of it, which
+the full frame's own box would not suppress.
+
+Works with anything that maps images to boxes (a local :class:`~veil.detect.Detector` or a
+:class:`~veil.client.VeilClient`): the full frame and its crops go in one batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torchvision.ops import nms
+
+from veil.errors import InputError
+
+#: Anything that turns decoded images into per-image [M, 5] detections.
+DetectFn = Callable[[Sequence[Tensor]], list[Tensor]]
+
+MAX_TILES = 6
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """``tiles x tiles`` crops sharing ``overlap`` of their side with each neighbour, plus the full frame.
+
+    ``max_face``: a crop's detection is kept only if its longer side, at the full frame's input scale,
+    is below this many pixels (default: twice FaceBoxes' smallest anchor).
+    """
+
+    tiles: int = 2
+    overlap: float = 0.2
+    max_face: float = 64.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.tiles <= MAX_TILES:
+            raise InputError(f"--tiles must be between 1 (full frame only) and {MAX_TILES}, got {self.tiles}")
+        if not 0.0 <= self.overlap <= 0.5:
+            raise InputError(f"tile overlap must be between 0 and 0.5 of a tile, got {self.overlap}")
+        if self.max_face <= 0:
+            raise InputError(f"tile max_face must be > 0 pixels, got {self.max_face}")
+
+    @property
+    def requests(self) -> int:
+        """Releases sent per image: the full frame and every crop."""
+        return 1 + (self.tiles**2 if self.tiles > 1 else 0)
+
+    @property
+    def zoom(self) -> float:
+        """How much larger a face is in a crop than in the full frame (per side)."""
+        return self.tiles - (self.tiles - 1) * self.overlap
+
+    def windows(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
+        """Crop windows (y0, x0, y1, x1) in pixels, rows outer; empty for ``tiles == 1``."""
+        if self.tiles == 1:
+            return []
+        out = []
+        for r in range(self.tiles):
+            for c in range(self.tiles):
+                y0, y1 = _span(r, self.tiles, self.zoom, height)
+                x0, x1 = _span(c, self.tiles, self.zoom, width)
+                out.append((y0, x0, y1, x1))
+        return out
+
+
+def _span(index: int, tiles: int, zoom: float, length: int) -> tuple[int, int]:
+    """One tile's [start, end) along a side: outward rounding, so no pixel falls between two tiles."""
+    tile = length / zoom
+    start = index * (length - tile) / (tiles - 1)
+    return math.floor(start), min(length, math.ceil(start + tile))
+
+
+def crops(image: Tensor, grid: TileGrid) -> list[Tensor]:
+    """The crops of one uint8 [3, H, W] image, in :meth:`TileGrid.windows` order."""
+    return [image[:, y0:y1, x0:x1] for y0, x0, y1, x1 in grid.windows(image.shape[1], image.shape[2])]
+
+
+def merge(
+    image_size: tuple[int, int],
+    full: Tensor,
+    parts: Sequence[Tensor],
+    grid: TileGrid,
+    input_size: tuple[int, int],
+    nms_iou: float = 0.3,
+    keep_top_k: int = 750,
+) -> Tensor:
+    """Full-frame boxes plus the crops' small boxes (moved back to image pixels), after one NMS."""
+    height, width = image_size
+    scale = torch.tensor([input_size[1] / width, input_size[0] / height] * 2)
+    kept = [full.reshape(-1, 5)]
+    for (y0, x0, _, _), dets in zip(grid.windows(height, width), parts, strict=True):
+        boxes = dets.reshape(-1, 5).clone()
+        boxes[:, :4] += torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
+        side = ((boxes[:, 2:4] - boxes[:, :2]) * scale[:2].to(boxes.dtype)).amax(dim=1)
+        kept.append(boxes[side < grid.max_face])
+    dets = torch.cat(kept)
+    keep = nms(dets[:, :4].float(), dets[:, 4].float(), nms_iou)[:keep_top_k]
+    return dets[keep]
+
+
+def tiled(
+    detect: DetectFn,
+    grid: TileGrid,
+    input_size: tuple[int, int],
+    nms_iou: float = 0.3,
+    keep_top_k: int = 750,
+) -> DetectFn:
+    """``detect`` run on each image and its crops, merged; ``tiles == 1`` returns ``detect`` itself."""
+    if grid.tiles == 1:
+        return detect
+
+    def run(images: Sequence[Tensor]) -> list[Tensor]:
+        out = []
+        for image in images:
+            found = detect([image, *crops(image, grid)])
+            size = (int(image.shape[1]), int(image.shape[2]))
+            out.append(merge(size, found[0], found[1:], grid, input_size, nms_iou, keep_top_k))
+        return out
+
+    return run
+
+
+__all__ = ["DetectFn", "TileGrid", "crops", "merge", "tiled"]
