@@ -42,25 +42,35 @@ SETS = ("mask-scenes:test", "fddb-sample", "widerface-sample")
 
 
 def ap_retained(
-    weights: Path, transform: Path, draws: int, clean: dict[str, float], tiles: int = 1
+    weights: Path,
+    transform: Path,
+    draws: int,
+    clean: dict[str, float],
+    tiles: int = 1,
+    overlap: float = TileGrid.overlap,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for spec in SETS:
         name, _, part = spec.partition(":")
         data = load_dataset(SHARED / "data" / name).part(part or "all")
         if spec not in clean:
-            clean[spec] = evaluate_transform(weights, None, data, 1, tiles=tiles).ap
-        row = evaluate_transform(weights, transform, data, draws, clean_ap=clean[spec], tiles=tiles)
+            clean[spec] = evaluate_transform(weights, None, data, 1, tiles=tiles, overlap=overlap).ap
+        row = evaluate_transform(
+            weights, transform, data, draws, clean_ap=clean[spec], tiles=tiles, overlap=overlap
+        )
         out[spec] = {"ap": row.ap, "ap_std": row.ap_std, "retained": row.retained, "snr_db": row.snr_db}
     return out
 
 
-def photos(folder: str, output_size: int, tile: tuple[int, int] | None) -> ImageSet:
+def photos(
+    folder: str, output_size: int, tile: tuple[int, int] | None, overlap: float = TileGrid.overlap
+) -> ImageSet:
     """LFW photos, or (``tile`` = (tiles, index)) crop ``index`` of each as the tiled pipeline cuts it."""
     found = ImageSet.load(list_images(SHARED / "data/lfw" / folder), output_size, folder)
     if tile is None:
         return found
-    images = [crops(img, TileGrid(tiles=tile[0]))[tile[1]] for img in found.images]
+    grid = TileGrid(tiles=tile[0], overlap=overlap)
+    images = [crops(img, grid)[tile[1]] for img in found.images]
     targets = torch.stack([resize_uint8(img, output_size) for img in images])
     return ImageSet(f"{folder} crop {tile[1]}", found.paths, images, targets)
 
@@ -74,6 +84,7 @@ def attack(
     device: str = "cpu",
     tile: tuple[int, int] | None = None,
     clean: bool = False,
+    overlap: float = TileGrid.overlap,
 ) -> dict[str, Any]:
     tr = load_transform(transform, weights)
     size = size or int(tr.meta["input_size"][0])
@@ -82,7 +93,8 @@ def attack(
         head = split_model(create_model("faceboxes", weights), tr.split)[0].eval()
     else:
         head = transform_head(weights, tr)
-    aux, test = photos("attack", cfg.output_size, tile), photos("test", cfg.output_size, tile)
+    aux = photos("attack", cfg.output_size, tile, overlap)
+    test = photos("test", cfg.output_size, tile, overlap)
     a = head_activations(head, aux.images, cfg.input_size, desc="aux activations", device=device)
     e = head_activations(head, test.images, cfg.input_size, desc="test activations", device=device)
     spec = None if clean else NoiseSpec.of(tr.noise, a.shape[1:])
@@ -116,6 +128,7 @@ def main() -> None:
     ap.add_argument(
         "--tiles", type=int, default=1, help="the tiled pipeline (veil.tiles): its AP, and its crops attacked"
     )
+    ap.add_argument("--overlap", type=float, default=TileGrid.overlap, help="the tiles' overlap")
     ap.add_argument("--tile-index", type=int, default=0, help="which crop (rows outer; 0: top left)")
     ap.add_argument("--clean", action="store_true", help="attack the clean activation (the ceiling)")
     ap.add_argument("--out", type=Path, default=Path("reports/frontier"))
@@ -130,16 +143,17 @@ def main() -> None:
         digest = release_digest(load_transform(path, weights))
         row: dict[str, Any] = {"transform": str(path), "release_sha256": digest}
         if not args.no_ap:
-            row["ap"] = ap_retained(weights, path, args.draws, clean, args.tiles)
-            row["tiles"] = args.tiles
+            row["ap"] = ap_retained(weights, path, args.draws, clean, args.tiles, args.overlap)
+            row["tiles"], row["overlap"] = args.tiles, args.overlap
         if args.attack:
             key = ("clean:" if args.clean else "") + f"{digest}:{args.steps}:{args.seed}"
             key += f":{args.size}" if args.size else ""
             tile = (args.tiles, args.tile_index) if args.tiles > 1 else None
-            key += f":tile{args.tiles}.{args.tile_index}" if tile else ""
+            key += f":tile{args.tiles}.{args.tile_index}@{args.overlap:g}" if tile else ""
             if key not in attacks:
                 t0 = time.perf_counter()
-                found = attack(weights, path, args.steps, args.seed, args.size, args.device, tile, args.clean)
+                how = (args.size, args.device, tile, args.clean, args.overlap)
+                found = attack(weights, path, args.steps, args.seed, *how)
                 found["device"] = args.device
                 found["seconds"] = round(time.perf_counter() - t0, 1)
                 attacks[key] = found | {"first_seen": str(path)}

@@ -39,7 +39,7 @@ class TileGrid:
     """
 
     tiles: int = 2
-    overlap: float = 0.2
+    overlap: float = 0.5
     max_face: float = 64.0
 
     def __post_init__(self) -> None:
