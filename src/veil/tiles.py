@@ -3,10 +3,11 @@
 FaceBoxes' smallest anchor is 32 px at its input size, so a crowd's 25-px faces sit below what the
 full frame can resolve, and a private release (whose head block and noise hide fine detail) loses them
 first. Cutting the image into ``k x k`` overlapping crops, each sent at the full input size, enlarges
-every face by about ``k``: each crop is an ordinary request (same wire shape, fresh noise, the same
-audit), and the crowd's faces land above the smallest anchor. Crops only contribute faces the full
-frame sees as small (``max_face``): a zoomed crop of a large face yields confident parts of it, which
-the full frame's own box would not suppress.
+every face by about ``k``: each crop is an ordinary request (same wire shape, fresh noise), and the
+crowd's faces land above the smallest anchor. An enlarged face part gives an attacker a little more than
+the whole frame does (docs/privacy.md, "Crowds without a new release: tiles").
+Crops only contribute faces the full frame sees as small (``max_face``): a zoomed crop of a large face
+yields confident parts of it, which the full frame's own box would not suppress.
 
 Works with anything that maps images to boxes (a local :class:`~veil.detect.Detector` or a
 :class:`~veil.client.VeilClient`): the full frame and its crops go in one batch.
