@@ -31,7 +31,7 @@ from veil.audit import AttackConfig, NoiseSpec, score, train_attacker
 from veil.audit.attack import ImageSet, head_activations, resize_uint8
 from veil.audit.metrics import ssim, to_unit
 from veil.data import load_dataset
-from veil.imageio import atomic_write_bytes, list_images
+from veil.imageio import atomic_write_bytes, list_images, load_image
 from veil.models import create_model, split_model
 from veil.pipeline import transform_head
 from veil.sweep import evaluate_transform
@@ -66,13 +66,13 @@ def photos(
     folder: str, output_size: int, tile: tuple[int, int] | None, overlap: float = TileGrid.overlap
 ) -> ImageSet:
     """LFW photos, or (``tile`` = (tiles, index)) crop ``index`` of each as the tiled pipeline cuts it."""
-    found = ImageSet.load(list_images(SHARED / "data/lfw" / folder), output_size, folder)
+    paths = list_images(SHARED / "data/lfw" / folder)
     if tile is None:
-        return found
+        return ImageSet.load(paths, output_size, folder)
     grid = TileGrid(tiles=tile[0], overlap=overlap)
-    images = [crops(img, grid)[tile[1]] for img in found.images]
+    images = [crops(load_image(p), grid)[tile[1]] for p in paths]
     targets = torch.stack([resize_uint8(img, output_size) for img in images])
-    return ImageSet(f"{folder} crop {tile[1]}", found.paths, images, targets)
+    return ImageSet(f"{folder} crop {tile[1]}", paths, images, targets)
 
 
 def attack(

@@ -64,7 +64,7 @@ def evaluate_transform(
     row measured with the same ``tiles``.
     """
     det = load_pipeline(weights, transform)
-    detect = tiled(det.detect, TileGrid(tiles=tiles, overlap=overlap), det.size or (0, 0))
+    detect = tiled(det.detect, TileGrid(tiles=tiles, overlap=overlap), det.size)
     summary, _ = evaluate_draws(dataset, detect, draws=draws if transform else 1, progress=progress)
     ap = summary.mean.pooled_ap
     std = float(summary.pooled.std(ddof=1)) if len(summary.per_draw) > 1 else 0.0

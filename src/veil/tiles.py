@@ -16,17 +16,16 @@ Works with anything that maps images to boxes (a local :class:`~veil.detect.Dete
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torchvision.ops import nms
 
+from veil.detect import PostProcess
 from veil.errors import InputError
-
-#: Anything that turns decoded images into per-image [M, 5] detections.
-DetectFn = Callable[[Sequence[Tensor]], list[Tensor]]
+from veil.eval.runner import DetectFn
 
 MAX_TILES = 6
 
@@ -92,17 +91,17 @@ def merge(
     parts: Sequence[Tensor],
     grid: TileGrid,
     input_size: tuple[int, int],
-    nms_iou: float = 0.3,
-    keep_top_k: int = 750,
+    nms_iou: float = PostProcess.nms_iou,
+    keep_top_k: int = PostProcess.keep_top_k,
 ) -> Tensor:
     """Full-frame boxes plus the crops' small boxes (moved back to image pixels), after one NMS."""
     height, width = image_size
-    scale = torch.tensor([input_size[1] / width, input_size[0] / height] * 2)
+    scale = torch.tensor([input_size[1] / width, input_size[0] / height])
     kept = [full.reshape(-1, 5)]
     for (y0, x0, _, _), dets in zip(grid.windows(height, width), parts, strict=True):
         boxes = dets.reshape(-1, 5).clone()
         boxes[:, :4] += torch.tensor([x0, y0, x0, y0], dtype=boxes.dtype)
-        side = ((boxes[:, 2:4] - boxes[:, :2]) * scale[:2].to(boxes.dtype)).amax(dim=1)
+        side = ((boxes[:, 2:4] - boxes[:, :2]) * scale.to(boxes.dtype)).amax(dim=1)
         kept.append(boxes[side < grid.max_face])
     dets = torch.cat(kept)
     keep = nms(dets[:, :4].float(), dets[:, 4].float(), nms_iou)[:keep_top_k]
@@ -112,23 +111,30 @@ def merge(
 def tiled(
     detect: DetectFn,
     grid: TileGrid,
-    input_size: tuple[int, int],
-    nms_iou: float = 0.3,
-    keep_top_k: int = 750,
+    input_size: tuple[int, int] | None,
+    nms_iou: float = PostProcess.nms_iou,
+    keep_top_k: int = PostProcess.keep_top_k,
 ) -> DetectFn:
-    """``detect`` run on each image and its crops, merged; ``tiles == 1`` returns ``detect`` itself."""
+    """``detect`` run on each image and its crops, merged; ``tiles == 1`` returns ``detect`` itself.
+
+    ``input_size``: the full frame's network input (H, W), which ``max_face`` is measured at; tiles
+    need a fixed one (None: each image at its own scale, refused).
+    """
     if grid.tiles == 1:
         return detect
+    if input_size is None:
+        raise InputError("--tiles needs a fixed input size: drop --resize (or use --size)")
+    size_in = input_size
 
     def run(images: Sequence[Tensor]) -> list[Tensor]:
         out = []
         for image in images:
             found = detect([image, *crops(image, grid)])
             size = (int(image.shape[1]), int(image.shape[2]))
-            out.append(merge(size, found[0], found[1:], grid, input_size, nms_iou, keep_top_k))
+            out.append(merge(size, found[0], found[1:], grid, size_in, nms_iou, keep_top_k))
         return out
 
     return run
 
 
-__all__ = ["DetectFn", "TileGrid", "crops", "merge", "tiled"]
+__all__ = ["TileGrid", "crops", "merge", "tiled"]

@@ -27,18 +27,6 @@ TilesOpt = typer.Option(
 )
 
 
-def with_tiles(
-    detect: Callable[[Sequence[Tensor]], list[Tensor]], tiles: int, input_size: tuple[int, int] | None
-) -> Callable[[Sequence[Tensor]], list[Tensor]]:
-    """``detect`` on each image and its ``tiles x tiles`` crops (:mod:`veil.tiles`); 1 leaves it as is."""
-    from veil.tiles import TileGrid, tiled
-
-    grid = TileGrid(tiles=tiles)
-    if tiles > 1 and input_size is None:
-        raise VeilError("--tiles needs a fixed input size: drop --resize (or use --size)")
-    return tiled(detect, grid, input_size or (0, 0))
-
-
 def int_list(text: str, option: str) -> list[int]:
     """``"1,2,4"`` as [1, 2, 4], or a one-line error naming ``option``."""
     try:

@@ -14,12 +14,12 @@ from veil.cli.common import (
     remote_detector,
     resolve_weights,
     set_threads,
-    with_tiles,
 )
 from veil.detect import PostProcess
 from veil.imageio import atomic_write_bytes, draw_detections, load_image, save_png
 from veil.pipeline import load_pipeline
 from veil.serve.validate import INPUT_SIZE
+from veil.tiles import TileGrid, tiled
 
 
 def detect(
@@ -41,7 +41,7 @@ def detect(
     set_threads(threads)
     if server is not None:
         detect = remote_detector(server, weights, transform, allow_clean=allow_clean, threshold=threshold)
-        detect = with_tiles(detect, tiles, INPUT_SIZE)
+        detect = tiled(detect, TileGrid(tiles=tiles), INPUT_SIZE)
     else:
         fixed, factor = parse_size(size, resize)
         det = load_pipeline(
@@ -51,7 +51,7 @@ def detect(
             resize=factor,
             post=PostProcess(threshold=threshold),
         )
-        detect = with_tiles(det.detect, tiles, det.size)
+        detect = tiled(det.detect, TileGrid(tiles=tiles), det.size)
     for path in images:
         img = load_image(path)
         dets = detect([img])[0]

@@ -15,7 +15,6 @@ from veil.cli.common import (
     resolve_transform,
     resolve_weights,
     set_threads,
-    with_tiles,
 )
 from veil.data import load_dataset
 from veil.data.labels import LabeledDataset
@@ -25,6 +24,7 @@ from veil.eval.report import write_json_atomic
 from veil.eval.runner import evaluate_draws, write_part
 from veil.pipeline import load_pipeline
 from veil.serve.validate import INPUT_SIZE
+from veil.tiles import TileGrid, tiled
 
 app = typer.Typer(help="Evaluate a detector on an FDDB or WIDER FACE folder.", invoke_without_command=True)
 
@@ -112,7 +112,7 @@ def eval_main(
     fixed, factor = parse_size(size, resize)
     if server is not None:
         detect = remote_detector(server, weights, transform, allow_clean=allow_clean, threshold=threshold)
-        detect = with_tiles(detect, tiles, INPUT_SIZE)
+        detect = tiled(detect, TileGrid(tiles=tiles), INPUT_SIZE)
     else:
         det = load_pipeline(
             resolve_weights(weights),
@@ -123,7 +123,7 @@ def eval_main(
             post=PostProcess(threshold=threshold),
             verify=verify,
         )
-        detect = with_tiles(det.detect, tiles, det.size)
+        detect = tiled(det.detect, TileGrid(tiles=tiles), det.size)
     n = draws or (3 if transform is not None else 1)
     if n > 1 and num_shards > 1:
         raise VeilError("--draws > 1 cannot be combined with sharding: use --draws 1 for shards")
