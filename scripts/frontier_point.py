@@ -8,7 +8,8 @@ steps at the transform's own input size) trained on ``lfw/attack`` and scored on
 "SSIM K=1" column of docs/privacy.md's frontier tables, without the rest of ``veil audit`` (K = 4/16,
 linkage, clean baselines). ``--tiles K`` measures the tiled pipeline (``veil.tiles``) instead: AP with
 ``K x K`` crops plus the full frame (clean AP measured the same way), and the attacker on what it sends
-for crop ``--tile-index I`` of each photo (that crop zoomed to the input size; the target is the crop).
+for crop ``--tile-index I`` of each photo (cut, as the client does, after the faces the release's own
+frame detections found large were painted over; zoomed to the input size; the target is the unpainted crop).
 ``--clean`` attacks the clean activation at the transform's split (the attack's ceiling).
 Attack results are kept by the transform's release digest in
 ``OUT/attacks.json``: a transform that releases exactly what an audited one does (``veil tune-tail``)
@@ -25,20 +26,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import trange
 
 from veil.artifact import load_transform, release_digest
 from veil.audit import AttackConfig, NoiseSpec, score, train_attacker
 from veil.audit.attack import ImageSet, head_activations, resize_uint8
 from veil.audit.metrics import ssim, to_unit
 from veil.data import load_dataset
+from veil.detect import Detector
 from veil.imageio import atomic_write_bytes, list_images, load_image
 from veil.models import create_model, split_model
-from veil.pipeline import transform_head
+from veil.pipeline import load_pipeline, transform_head
 from veil.sweep import evaluate_transform
-from veil.tiles import TileGrid, crops
+from veil.tiles import TileGrid, crops, hide_large_faces
 
 SHARED = Path(os.environ.get("VEIL_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 SETS = ("mask-scenes:test", "fddb-sample", "widerface-sample")
+PAINTED: dict[str, float] = {}  # share of each LFW folder's photos with a face painted over (tiles)
 
 
 def ap_retained(
@@ -63,15 +67,33 @@ def ap_retained(
 
 
 def photos(
-    folder: str, output_size: int, tile: tuple[int, int] | None, overlap: float = TileGrid.overlap
+    folder: str,
+    output_size: int,
+    tile: tuple[int, int] | None,
+    overlap: float = TileGrid.overlap,
+    detector: Detector | None = None,
 ) -> ImageSet:
-    """LFW photos, or (``tile`` = (tiles, index)) crop ``index`` of each as the tiled pipeline cuts it."""
+    """LFW photos, or (``tile`` = (tiles, index)) crop ``index`` of each as the tiled pipeline cuts it.
+
+    ``detector``: the frame detections that paint large faces over before cutting (None: unpainted).
+    """
     paths = list_images(SHARED / "data/lfw" / folder)
     if tile is None:
         return ImageSet.load(paths, output_size, folder)
     grid = TileGrid(tiles=tile[0], overlap=overlap)
-    images = [crops(load_image(p), grid)[tile[1]] for p in paths]
-    targets = torch.stack([resize_uint8(img, output_size) for img in images])
+    originals = [load_image(p) for p in paths]
+    sent = originals
+    if detector is not None and grid.hide_score is not None:
+        size = detector.size or (1024, 1024)
+        fulls = [
+            d
+            for i in trange(0, len(originals), 8, desc=f"{folder} frames")
+            for d in detector.detect(originals[i : i + 8])
+        ]
+        sent = [hide_large_faces(img, full, grid, size) for img, full in zip(originals, fulls, strict=True)]
+        PAINTED[folder] = sum(s is not o for s, o in zip(sent, originals, strict=True)) / len(sent)
+    images = [crops(img, grid)[tile[1]] for img in sent]
+    targets = torch.stack([resize_uint8(crops(img, grid)[tile[1]], output_size) for img in originals])
     return ImageSet(f"{folder} crop {tile[1]}", paths, images, targets)
 
 
@@ -93,8 +115,9 @@ def attack(
         head = split_model(create_model("faceboxes", weights), tr.split)[0].eval()
     else:
         head = transform_head(weights, tr)
-    aux = photos("attack", cfg.output_size, tile, overlap)
-    test = photos("test", cfg.output_size, tile, overlap)
+    frames = None if tile is None else load_pipeline(weights, None if clean else transform)
+    aux = photos("attack", cfg.output_size, tile, overlap, frames)
+    test = photos("test", cfg.output_size, tile, overlap, frames)
     a = head_activations(head, aux.images, cfg.input_size, desc="aux activations", device=device)
     e = head_activations(head, test.images, cfg.input_size, desc="test activations", device=device)
     spec = None if clean else NoiseSpec.of(tr.noise, a.shape[1:])
@@ -110,6 +133,7 @@ def attack(
         "plateau_gain": attacker.plateau_gain,
         "steps": steps,
         "input_size": cfg.input_size,
+        "painted": dict(PAINTED) if tile is not None else None,
     }
 
 
@@ -150,6 +174,11 @@ def main() -> None:
             key += f":{args.size}" if args.size else ""
             tile = (args.tiles, args.tile_index) if args.tiles > 1 else None
             key += f":tile{args.tiles}.{args.tile_index}@{args.overlap:g}" if tile else ""
+            key += (
+                f":hide{TileGrid.hide_score:g}+{TileGrid.hide_margin:g}"
+                if tile and TileGrid.hide_score
+                else ""
+            )
             if key not in attacks:
                 t0 = time.perf_counter()
                 how = (args.size, args.device, tile, args.clean, args.overlap)

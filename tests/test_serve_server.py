@@ -44,7 +44,7 @@ def test_remote_equals_local(
 def test_tiled_detection_through_the_server(
     server: Any, serve_parts: dict[str, Any], serve_images: list
 ) -> None:
-    """``--tiles``: each image and its crops leave as one noisy batch; boxes match the local path."""
+    """``--tiles``: the frames leave as one noisy batch, then all their crops; boxes match the local path."""
     from veil.serve.validate import INPUT_SIZE
     from veil.tiles import TileGrid, tiled
 
@@ -55,8 +55,9 @@ def test_tiled_detection_through_the_server(
     remote = tiled(c.detect, grid, INPUT_SIZE)(serve_images[:2])
     assert_same_boxes(remote, tiled(det.detect, grid, det.size)(serve_images[:2]))
     seen = server.recorder.take()
-    assert [(model, x.shape[0]) for model, x in seen] == [(NOISY_MODEL, grid.requests)] * 2
-    assert c.last_sent is not None and c.last_sent.shape == (grid.requests, *ACTIVATION_DIMS)
+    crops = 2 * (grid.requests - 1)
+    assert [(model, x.shape[0]) for model, x in seen] == [(NOISY_MODEL, 2), (NOISY_MODEL, crops)]
+    assert c.last_sent is not None and c.last_sent.shape == (crops, *ACTIVATION_DIMS)
 
 
 def test_batches_above_max_are_split(server: Any, serve_parts: dict[str, Any]) -> None:

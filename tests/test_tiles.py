@@ -14,7 +14,7 @@ from torch import Tensor
 
 from conftest import run_veil
 from veil.errors import InputError
-from veil.tiles import TileGrid, crops, merge, tiled
+from veil.tiles import TileGrid, crops, hide_large_faces, merge, tiled
 
 SHIPPED = Path(__file__).resolve().parents[1] / "src/veil/transforms/faceboxes-inception3-alpha0.12"
 
@@ -56,6 +56,8 @@ def test_one_tile_is_the_full_frame_only() -> None:
     [
         ({"tiles": 0}, "--tiles must be between 1"),
         ({"tiles": 7}, "--tiles must be between 1"),
+        ({"hide_score": 1.5}, "hide_score must be a score"),
+        ({"hide_margin": -0.1}, "hide_margin must be between 0 and 1"),
         ({"overlap": 0.6}, "overlap must be between 0 and 0.5"),
         ({"max_face": 0}, "max_face must be > 0"),
     ],
@@ -89,25 +91,75 @@ def test_merge_moves_crop_boxes_home_keeps_small_ones_and_suppresses_duplicates(
     assert torch.equal(out[:, 4], out[:, 4].sort(descending=True).values)  # NMS order: by score
 
 
-def test_tiled_sends_the_frame_and_its_crops_in_one_batch() -> None:
-    seen: list[list[tuple[int, ...]]] = []
+def test_tiled_sends_the_frames_then_their_crops() -> None:
+    seen: list[list[Tensor]] = []
 
     def detect(images: Sequence[Tensor]) -> list[Tensor]:
-        seen.append([tuple(img.shape) for img in images])
+        seen.append(list(images))
         return [torch.tensor([[1.0, 1.0, 9.0, 9.0, 0.5]]) for _ in images]  # a 8-px face in every crop
 
     image = torch.zeros(3, 300, 400, dtype=torch.uint8)
     image[:, 100:200, 150:250] = torch.arange(100, dtype=torch.uint8).view(1, 100, 1)
     grid = TileGrid(tiles=3, overlap=0.25)
     boxes = tiled(detect, grid, (1024, 1024))([image, image])
-    assert len(boxes) == 2 and len(seen) == 2  # one batch per image: the frame, then its 9 crops
-    assert seen[0][0] == (3, 300, 400)
-    assert seen[0][1:] == [tuple(c.shape) for c in crops(image, grid)]
+    assert len(boxes) == 2 and len(seen) == 2  # one batch of frames, then one of their 2 x 9 crops
+    assert [tuple(f.shape) for f in seen[0]] == [(3, 300, 400)] * 2
+    assert [torch.equal(c, w) for c, w in zip(seen[1], crops(image, grid) * 2, strict=True)] == [True] * 18
     for (y0, x0, y1, x1), crop in zip(grid.windows(300, 400), crops(image, grid), strict=True):
         assert torch.equal(crop, image[:, y0:y1, x0:x1])
     # every crop's box moved to its own window: ten distinct boxes, none overlapping enough to merge
     want = {(1.0 + x0, 1.0 + y0) for y0, x0, _, _ in grid.windows(300, 400)} | {(1.0, 1.0)}
     assert {(b[0], b[1]) for b in boxes[0][:, :2].tolist()} == want
+
+
+MEAN_RGB = torch.tensor([123, 117, 104], dtype=torch.uint8).view(3, 1, 1)
+
+
+def test_crops_never_show_a_face_the_frame_found_large() -> None:
+    """Large, confident frame faces (plus a margin) are in the mean colour in every crop; the rest is not."""
+    image = torch.randint(
+        0, 256, (3, 400, 400), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    grid = TileGrid(tiles=2, max_face=64, hide_score=0.3, hide_margin=0.25)
+    frame = torch.tensor(
+        [
+            [100.0, 100.0, 180.0, 180.0, 0.9],  # 80 px at 400 -> 205 px at the 1024 input: large, hidden
+            [300.0, 300.0, 320.0, 320.0, 0.9],  # 51 px at the input: small, a crop's to find
+            [300.0, 20.0, 380.0, 100.0, 0.2],  # large but below hide_score: left alone
+        ]
+    )
+    sent: list[Tensor] = []
+
+    def detect(images: Sequence[Tensor]) -> list[Tensor]:
+        sent.extend(images)
+        return [frame if len(images) == 1 else torch.zeros(0, 5) for _ in images]
+
+    tiled(detect, grid, (1024, 1024))([image])
+    painted = torch.zeros(400, 400, dtype=torch.bool)
+    painted[80:200, 80:200] = True  # the box with 20 px (0.25 x 80) more on each side
+    for (y0, x0, y1, x1), crop in zip(grid.windows(400, 400), sent[1:], strict=True):
+        inside = painted[y0:y1, x0:x1]
+        assert bool((crop[:, inside] == MEAN_RGB.view(3, 1)).all())
+        assert torch.equal(crop[:, ~inside], image[:, y0:y1, x0:x1][:, ~inside])
+    assert torch.equal(sent[0], image)  # the frame itself goes as it is
+    assert hide_large_faces(image, frame, TileGrid(tiles=2, hide_score=None), (1024, 1024)) is image
+
+
+def test_the_release_paints_over_real_faces_before_cutting(weights: Path, shared_dir: Path) -> None:
+    """LFW close-ups through the shipped release: the frame finds each face large, so no crop shows it."""
+    from veil.imageio import list_images, load_image
+    from veil.pipeline import load_pipeline
+
+    det = load_pipeline(weights, SHIPPED)
+    photos = [load_image(p) for p in list_images(shared_dir / "data/lfw/test")[:6]]
+    grid = TileGrid(tiles=2)
+    for photo, full in zip(photos, det.detect(photos), strict=True):
+        painted = hide_large_faces(photo, full, grid, det.size)
+        assert painted is not photo
+        centre = painted[:, 110:140, 110:140]  # LFW photos are 250 x 250, the face centred
+        assert bool((centre == MEAN_RGB).all())
+        for crop in crops(painted, grid):  # each crop holds part of the painted face, none of it shown
+            assert float((crop == MEAN_RGB).all(0).float().mean()) > 0.2
 
 
 @pytest.mark.slow
@@ -122,7 +174,7 @@ def test_tiles_find_the_crowd_the_private_default_loses(weights: Path, widerface
     # draws are OS-entropy noise: margins sized so one unlucky draw (about 1 point) cannot flip them
     noisy = {k: evaluate_transform(weights, SHIPPED, data, 4, clean_ap=clean[k], tiles=k) for k in (1, 2)}
     assert noisy[2].ap > noisy[1].ap + 0.05  # the crowd's 25-px faces, found once enlarged
-    assert noisy[2].retained > 0.96  # like for like, the release keeps the tiled crowd (6 draws: 98.1 %)
+    assert noisy[2].retained > 0.96  # like for like, the release keeps the tiled crowd (6 draws: 99.1 %)
     assert noisy[2].ap > clean[1]  # and the private pipeline beats the clean untiled one
 
 
@@ -144,3 +196,31 @@ def test_cli_eval_with_tiles(weights: Path, widerface_sample: Path, tmp_path: Pa
         refused = run_veil(*base, *bad)
         assert refused.returncode != 0 and message in refused.stderr
         assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.slow
+def test_cli_detect_with_tiles_reports_its_threshold(
+    weights: Path, widerface_sample: Path, tmp_path: Path
+) -> None:
+    """``veil detect --tiles 2 --threshold 0.5``: more of the crowd, and still only boxes >= 0.5 reported
+    (the frame is read down to hide_score internally, to paint its large faces over)."""
+    image = next(widerface_sample.rglob("12_Group_Group_12_Group_Group_12_217.jpg"))
+    found = {}
+    for tiles in (1, 2):
+        out = tmp_path / f"tiles{tiles}"
+        done = run_veil(
+            "detect",
+            str(image),
+            "-w",
+            str(weights),
+            "--tiles",
+            str(tiles),
+            "--threshold",
+            "0.5",
+            "--out",
+            str(out),
+        )
+        assert done.returncode == 0, done.stderr
+        found[tiles] = json.loads((out / f"{image.stem}.json").read_text())["boxes"]
+    assert min(b[4] for b in found[2]) >= 0.5
+    assert len(found[2]) > len(found[1]) + 15, (len(found[1]), len(found[2]))  # measured: 53 -> 79 of 80

@@ -22,8 +22,9 @@ WeightsOpt = typer.Option(
 TilesOpt = typer.Option(
     1,
     "--tiles",
-    help="Also detect in K x K overlapping zoomed crops (K*K + 1 releases per image): finds faces "
-    "below the model's smallest anchor, e.g. crowds. 1: the full frame only.",
+    help="Also detect in K x K overlapping zoomed crops (K*K + 1 releases per image), cut after the "
+    "frame's large faces are painted over: finds faces below the model's smallest anchor, e.g. crowds. "
+    "1: the full frame only.",
 )
 
 

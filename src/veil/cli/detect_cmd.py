@@ -39,9 +39,12 @@ def detect(
 ) -> None:
     """Detect faces; writes <name>.png (boxes drawn) and <name>.json per image."""
     set_threads(threads)
+    grid = TileGrid(tiles=tiles)
+    # tiles paint over the frame's large faces from hide_score up, whatever the reported threshold
+    seen = threshold if tiles == 1 or grid.hide_score is None else min(threshold, grid.hide_score)
     if server is not None:
-        detect = remote_detector(server, weights, transform, allow_clean=allow_clean, threshold=threshold)
-        detect = tiled(detect, TileGrid(tiles=tiles), INPUT_SIZE)
+        detect = remote_detector(server, weights, transform, allow_clean=allow_clean, threshold=seen)
+        detect = tiled(detect, grid, INPUT_SIZE)
     else:
         fixed, factor = parse_size(size, resize)
         det = load_pipeline(
@@ -49,12 +52,13 @@ def detect(
             transform,
             size=fixed,
             resize=factor,
-            post=PostProcess(threshold=threshold),
+            post=PostProcess(threshold=seen),
         )
-        detect = tiled(det.detect, TileGrid(tiles=tiles), det.size)
+        detect = tiled(det.detect, grid, det.size)
     for path in images:
         img = load_image(path)
         dets = detect([img])[0]
+        dets = dets[dets[:, 4] >= threshold]
         save_png(draw_detections(img, dets), out / f"{path.stem}.png")
         record = {
             "image": str(path),
