@@ -10,7 +10,9 @@ linkage, clean baselines). ``--tiles K`` measures the tiled pipeline (``veil.til
 ``K x K`` crops plus the full frame (clean AP measured the same way), and the attacker on what it sends
 for crop ``--tile-index I`` of each photo (cut, as the client does, after the faces the release's own
 frame detections found large were painted over; zoomed to the input size; the target is the unpainted crop).
-``--clean`` attacks the clean activation at the transform's split (the attack's ceiling).
+``--clean`` attacks the clean activation at the transform's split (the attack's ceiling). ``--crowd N``
+attacks one face of a crowd instead: each photo in cell (``--cell``, ``--cell``) of an N x N mosaic of
+others, the frame (or with ``--tiles``, the crop the client sends) released, the photo the target.
 Attack results are kept by the transform's release digest in
 ``OUT/attacks.json``: a transform that releases exactly what an audited one does (``veil tune-tail``)
 reuses its number instead of training a new attacker.
@@ -42,7 +44,7 @@ from veil.tiles import TileGrid, crops, hide_large_faces
 
 SHARED = Path(os.environ.get("VEIL_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 SETS = ("mask-scenes:test", "fddb-sample", "widerface-sample")
-PAINTED: dict[str, float] = {}  # share of each LFW folder's photos with a face painted over (tiles)
+PAINTED: dict[str, float] = {}  # share of each LFW folder's attacked faces painted over (tiles)
 
 
 def ap_retained(
@@ -91,10 +93,61 @@ def photos(
             for d in detector.detect(originals[i : i + 8])
         ]
         sent = [hide_large_faces(img, full, grid, size) for img, full in zip(originals, fulls, strict=True)]
-        PAINTED[folder] = sum(s is not o for s, o in zip(sent, originals, strict=True)) / len(sent)
+        centre = [(img.shape[1] // 2, img.shape[2] // 2) for img in originals]  # LFW: the face's centre
+        hit = [
+            bool((s[:, y - 2 : y + 2, x - 2 : x + 2] != o[:, y - 2 : y + 2, x - 2 : x + 2]).any())
+            for (y, x), s, o in zip(centre, sent, originals, strict=True)
+        ]
+        PAINTED[folder] = sum(hit) / len(sent)
     images = [crops(img, grid)[tile[1]] for img in sent]
     targets = torch.stack([resize_uint8(crops(img, grid)[tile[1]], output_size) for img in originals])
     return ImageSet(f"{folder} crop {tile[1]}", paths, images, targets)
+
+
+def crowds(
+    folder: str,
+    output_size: int,
+    n: int,
+    cell: int,
+    tile: tuple[int, int] | None,
+    overlap: float = TileGrid.overlap,
+    detector: Detector | None = None,
+) -> ImageSet:
+    """A crowd per LFW photo: ``n x n`` photos at 1024 / n px each (faces about 0.45 of that), the photo
+    itself in cell (``cell``, ``cell``), the others drawn from the same folder; the target is that photo.
+
+    With ``tile``: what the tiled client sends for that crop of the crowd (painted as it would be).
+    """
+    paths = list_images(SHARED / "data/lfw" / folder)
+    side = 1024 // n
+    small = [resize_uint8(load_image(p), side) for p in paths]
+    gen = torch.Generator().manual_seed(len(paths))
+    grid = TileGrid(tiles=tile[0], overlap=overlap) if tile else None
+    images, painted = [], 0
+    for start in trange(0, len(small), 8, desc=f"{folder} crowds"):
+        batch = []
+        for i in range(start, min(start + 8, len(small))):
+            pick = torch.randint(len(small), (n * n,), generator=gen).tolist()
+            pick[cell * n + cell] = i
+            rows = [torch.cat([small[k] for k in pick[r * n : (r + 1) * n]], 2) for r in range(n)]
+            batch.append(torch.cat(rows, 1))
+        if grid is not None and tile is not None:
+            if detector is not None and grid.hide_score is not None:
+                size = detector.size or (1024, 1024)
+                found = detector.detect(batch)
+                sent = [hide_large_faces(m, f, grid, size) for m, f in zip(batch, found, strict=True)]
+                cx = slice(cell * side + side // 2 - 2, cell * side + side // 2 + 2)  # the face's centre
+                painted += sum(
+                    bool((m[:, cx, cx] != b[:, cx, cx]).any()) for m, b in zip(sent, batch, strict=True)
+                )
+                batch = sent
+            batch = [crops(m, grid)[tile[1]] for m in batch]
+        images.extend(batch)
+    if tile is not None:
+        PAINTED[folder] = painted / len(paths)
+    targets = torch.stack([resize_uint8(load_image(p), output_size) for p in paths])
+    name = f"{folder} {n}x{n} crowds" + (f", crop {tile[1]}" if tile else "")
+    return ImageSet(name, paths, images, targets)
 
 
 def attack(
@@ -107,6 +160,7 @@ def attack(
     tile: tuple[int, int] | None = None,
     clean: bool = False,
     overlap: float = TileGrid.overlap,
+    crowd: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     tr = load_transform(transform, weights)
     size = size or int(tr.meta["input_size"][0])
@@ -116,8 +170,12 @@ def attack(
     else:
         head = transform_head(weights, tr)
     frames = None if tile is None else load_pipeline(weights, None if clean else transform)
-    aux = photos("attack", cfg.output_size, tile, overlap, frames)
-    test = photos("test", cfg.output_size, tile, overlap, frames)
+    if crowd is None:
+        aux = photos("attack", cfg.output_size, tile, overlap, frames)
+        test = photos("test", cfg.output_size, tile, overlap, frames)
+    else:
+        aux = crowds("attack", cfg.output_size, *crowd, tile, overlap, frames)
+        test = crowds("test", cfg.output_size, *crowd, tile, overlap, frames)
     a = head_activations(head, aux.images, cfg.input_size, desc="aux activations", device=device)
     e = head_activations(head, test.images, cfg.input_size, desc="test activations", device=device)
     spec = None if clean else NoiseSpec.of(tr.noise, a.shape[1:])
@@ -134,6 +192,7 @@ def attack(
         "steps": steps,
         "input_size": cfg.input_size,
         "painted": dict(PAINTED) if tile is not None else None,
+        "crowd": crowd,
     }
 
 
@@ -155,6 +214,10 @@ def main() -> None:
     ap.add_argument("--overlap", type=float, default=TileGrid.overlap, help="the tiles' overlap")
     ap.add_argument("--tile-index", type=int, default=0, help="which crop (rows outer; 0: top left)")
     ap.add_argument("--clean", action="store_true", help="attack the clean activation (the ceiling)")
+    ap.add_argument(
+        "--crowd", type=int, default=0, help="attack one face of N x N LFW crowds (0: single photos)"
+    )
+    ap.add_argument("--cell", type=int, default=2, help="--crowd: the attacked face's row and column")
     ap.add_argument("--out", type=Path, default=Path("reports/frontier"))
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("VEIL_THREADS", "2")))
@@ -179,9 +242,11 @@ def main() -> None:
                 if tile and TileGrid.hide_score
                 else ""
             )
+            crowd = (args.crowd, args.cell) if args.crowd else None
+            key += f":crowd{args.crowd}c{args.cell}" if crowd else ""
             if key not in attacks:
                 t0 = time.perf_counter()
-                how = (args.size, args.device, tile, args.clean, args.overlap)
+                how = (args.size, args.device, tile, args.clean, args.overlap, crowd)
                 found = attack(weights, path, args.steps, args.seed, *how)
                 found["device"] = args.device
                 found["seconds"] = round(time.perf_counter() - t0, 1)

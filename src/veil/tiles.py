@@ -117,13 +117,15 @@ def hide_large_faces(image: Tensor, full: Tensor, grid: TileGrid, input_size: tu
     if len(large) == 0:
         return image
     out = image.clone()
-    fill = torch.tensor(FACEBOXES_MEAN_BGR[::-1], dtype=image.dtype).view(3, 1)
+    fill = torch.tensor(FACEBOXES_MEAN_BGR[::-1], dtype=image.dtype).view(
+        3, 1, 1
+    )  # RGB: zero once normalised
     pad = (large[:, 2:4] - large[:, :2]) * grid.hide_margin
     for (x0, y0, x1, y1), (px, py) in zip(large[:, :4].tolist(), pad.tolist(), strict=True):
         xa, ya = max(0, math.floor(x0 - px)), max(0, math.floor(y0 - py))
         xb, yb = min(width, math.ceil(x1 + px)), min(height, math.ceil(y1 + py))
         if xb > xa and yb > ya:
-            out[:, ya:yb, xa:xb] = fill.view(3, 1, 1)
+            out[:, ya:yb, xa:xb] = fill
     return out
 
 
