@@ -56,7 +56,8 @@ def test_tiled_detection_through_the_server(
     assert_same_boxes(remote, tiled(det.detect, grid, det.size)(serve_images[:2]))
     seen = server.recorder.take()
     crops = 2 * (grid.requests - 1)
-    assert [(model, x.shape[0]) for model, x in seen] == [(NOISY_MODEL, 2), (NOISY_MODEL, crops)]
+    # the python engine's record files carry no order; the client's last request shows the crops went second
+    assert sorted((model, x.shape[0]) for model, x in seen) == [(NOISY_MODEL, 2), (NOISY_MODEL, crops)]
     assert c.last_sent is not None and c.last_sent.shape == (crops, *ACTIVATION_DIMS)
 
 
