@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm import trange
 
 from veil.artifact import load_transform, release_digest
@@ -68,6 +69,27 @@ def ap_retained(
     return out
 
 
+def as_sent(
+    images: list[Tensor],
+    grid: TileGrid,
+    index: int,
+    detector: Detector | None,
+    centres: list[tuple[int, int]],
+) -> tuple[list[Tensor], int]:
+    """Crop ``index`` of each image as the tiled client sends it (painted over from ``detector``'s frame
+    boxes; None: unpainted), and how many had the attacked face's ``centres`` (y, x) painted."""
+    painted = 0
+    if detector is not None and grid.hide_score is not None:
+        size = detector.size or (1024, 1024)
+        sent = [
+            hide_large_faces(m, f, grid, size) for m, f in zip(images, detector.detect(images), strict=True)
+        ]
+        for (y, x), m, b in zip(centres, sent, images, strict=True):
+            painted += bool((m[:, y - 2 : y + 2, x - 2 : x + 2] != b[:, y - 2 : y + 2, x - 2 : x + 2]).any())
+        images = sent
+    return [crops(m, grid)[index] for m in images], painted
+
+
 def photos(
     folder: str,
     output_size: int,
@@ -84,22 +106,14 @@ def photos(
         return ImageSet.load(paths, output_size, folder)
     grid = TileGrid(tiles=tile[0], overlap=overlap)
     originals = [load_image(p) for p in paths]
-    sent = originals
-    if detector is not None and grid.hide_score is not None:
-        size = detector.size or (1024, 1024)
-        fulls = [
-            d
-            for i in trange(0, len(originals), 8, desc=f"{folder} frames")
-            for d in detector.detect(originals[i : i + 8])
-        ]
-        sent = [hide_large_faces(img, full, grid, size) for img, full in zip(originals, fulls, strict=True)]
-        centre = [(img.shape[1] // 2, img.shape[2] // 2) for img in originals]  # LFW: the face's centre
-        hit = [
-            bool((s[:, y - 2 : y + 2, x - 2 : x + 2] != o[:, y - 2 : y + 2, x - 2 : x + 2]).any())
-            for (y, x), s, o in zip(centre, sent, originals, strict=True)
-        ]
-        PAINTED[folder] = sum(hit) / len(sent)
-    images = [crops(img, grid)[tile[1]] for img in sent]
+    images, painted = [], 0
+    for start in trange(0, len(originals), 8, desc=f"{folder} crops"):
+        batch = originals[start : start + 8]
+        centres = [(m.shape[1] // 2, m.shape[2] // 2) for m in batch]  # LFW: the face's centre
+        cut, hits = as_sent(batch, grid, tile[1], detector, centres)
+        images.extend(cut)
+        painted += hits
+    PAINTED[folder] = painted / len(paths)
     targets = torch.stack([resize_uint8(crops(img, grid)[tile[1]], output_size) for img in originals])
     return ImageSet(f"{folder} crop {tile[1]}", paths, images, targets)
 
@@ -123,6 +137,7 @@ def crowds(
     small = [resize_uint8(load_image(p), side) for p in paths]
     gen = torch.Generator().manual_seed(len(paths))
     grid = TileGrid(tiles=tile[0], overlap=overlap) if tile else None
+    centre = cell * side + side // 2
     images, painted = [], 0
     for start in trange(0, len(small), 8, desc=f"{folder} crowds"):
         batch = []
@@ -132,16 +147,8 @@ def crowds(
             rows = [torch.cat([small[k] for k in pick[r * n : (r + 1) * n]], 2) for r in range(n)]
             batch.append(torch.cat(rows, 1))
         if grid is not None and tile is not None:
-            if detector is not None and grid.hide_score is not None:
-                size = detector.size or (1024, 1024)
-                found = detector.detect(batch)
-                sent = [hide_large_faces(m, f, grid, size) for m, f in zip(batch, found, strict=True)]
-                cx = slice(cell * side + side // 2 - 2, cell * side + side // 2 + 2)  # the face's centre
-                painted += sum(
-                    bool((m[:, cx, cx] != b[:, cx, cx]).any()) for m, b in zip(sent, batch, strict=True)
-                )
-                batch = sent
-            batch = [crops(m, grid)[tile[1]] for m in batch]
+            batch, hits = as_sent(batch, grid, tile[1], detector, [(centre, centre)] * len(batch))
+            painted += hits
         images.extend(batch)
     if tile is not None:
         PAINTED[folder] = painted / len(paths)
