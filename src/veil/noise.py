@@ -118,6 +118,18 @@ class NoiseTransform(nn.Module):
             return self.typical_sigma.clone()
         return self.sigma().expand(self.shape).mean()
 
+    def sigma_floor(self) -> float:
+        """The smallest sigma any kept element gets (a conditional transform: ``smin``, its bound).
+
+        Recorded in a transform (inside its release digest) so a client can refuse a noise module that
+        adds less than the release it was audited with; 0.0 when every element is suppressed.
+        """
+        if self.net is not None:
+            return self.smin
+        with torch.no_grad():
+            kept = self.sigma().expand_as(self.keep)[self.keep]
+        return float(kept.min()) if kept.numel() else 0.0
+
     def suppress_above(self, threshold: float, max_fraction: float = 1.0) -> int:
         """Replace elements with sigma > threshold by the constant mu; returns how many were suppressed.
 
