@@ -1,6 +1,7 @@
 """Convert transform directories written by an older veil (``veil-transform/1``) to the current format.
 
-    python scripts/convert_transforms.py src/veil/transforms/* --weights ../shared/weights/faceboxes/FaceBoxes.pth
+    python scripts/convert_transforms.py src/veil/transforms/* \
+        --weights ../shared/weights/faceboxes/FaceBoxes.pth
 
 Only ``transform.json`` changes: the tensors file is verified against its recorded SHA-256 and kept byte for
 byte. The JSON gains ``sigma_floor``, ``head_sha256`` (the fingerprint of the head the client runs, from

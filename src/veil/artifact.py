@@ -247,7 +247,8 @@ def _read_meta(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise TransformError(f"{meta_file}: corrupt JSON ({exc.msg}, line {exc.lineno})") from None
     except (ValueError, RecursionError, UnicodeDecodeError) as exc:
-        raise TransformError(f"{meta_file}: unreadable JSON ({type(exc).__name__}): restore the file") from None
+        why = type(exc).__name__
+        raise TransformError(f"{meta_file}: unreadable JSON ({why}): restore the file") from None
     fmt = meta.get("format") if isinstance(meta, dict) else None
     if fmt in OLD_FORMATS:
         raise TransformError(f"{meta_file}: made by an older veil ({fmt}): convert it once with `{CONVERT}`")
@@ -312,8 +313,8 @@ def load_transform(
     noise = _build_noise(path, meta, tensors)
     if activation_shape is not None and tuple(activation_shape) != noise.shape:
         raise TransformError(
-            f"{path}: made for activations {noise.shape}, but this pipeline produces {tuple(activation_shape)} "
-            "(different split point or input size)"
+            f"{path}: made for activations {noise.shape}, but this pipeline produces "
+            f"{tuple(activation_shape)} (different split point or input size)"
         )
     tail = {k.removeprefix("tail."): v for k, v in tensors.items() if k.startswith("tail.")} or None
     head = {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")} or None
