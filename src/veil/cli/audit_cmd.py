@@ -6,9 +6,8 @@ from pathlib import Path
 
 import typer
 
-from veil.cli.common import WeightsOpt, resolve_weights, set_threads
-from veil.device import check_device
-from veil.errors import VeilError
+from veil.cli.checks import check_size, check_writable
+from veil.cli.common import ThreadsOpt, WeightsOpt, resolve_weights, set_threads
 
 
 def audit(
@@ -27,21 +26,24 @@ def audit(
     clean_split: list[str] = typer.Option(
         ["rdcl"], "--clean-split", help="Clean baseline split(s); each transform's split is added too."
     ),
-    steps: int | None = typer.Option(None, help="Attacker training steps (default 1500)."),
+    steps: int | None = typer.Option(None, min=1, help="Attacker training steps (default 1500)."),
     size: int | None = typer.Option(
         None,
+        callback=check_size,
         help="Audit input size for clean baselines and per-channel transforms (default: each transform's "
         "own, 512 without transforms); per-element transforms only at their own size.",
     ),
-    output_size: int | None = typer.Option(None, help="Reconstruction size in pixels (default 128)."),
-    width: int | None = typer.Option(None, help="Decoder width (default 128)."),
-    adapt_steps: int | None = typer.Option(None, help="Fine-tuning steps per K > 1 (default 300)."),
-    linkage_steps: int | None = typer.Option(None, help="Linkage verifier steps (default 600)."),
-    max_images: int | None = typer.Option(None, help="Use at most this many auxiliary images."),
-    max_eval: int | None = typer.Option(None, help="Use at most this many images per --eval folder."),
+    output_size: int | None = typer.Option(
+        None, min=16, max=1024, help="Reconstruction size in pixels (default 128; SSIM needs 11+)."
+    ),
+    width: int | None = typer.Option(None, min=1, help="Decoder width (default 128)."),
+    adapt_steps: int | None = typer.Option(None, min=0, help="Fine-tuning steps per K > 1 (default 300)."),
+    linkage_steps: int | None = typer.Option(None, min=1, help="Linkage verifier steps (default 600)."),
+    max_images: int | None = typer.Option(None, min=1, help="Use at most this many auxiliary images."),
+    max_eval: int | None = typer.Option(None, min=1, help="Use at most this many images per --eval folder."),
     model: str = typer.Option("faceboxes", help="Model name from `veil models`."),
-    seed: int = typer.Option(0, help="Seed of the attacker's own randomness."),
-    threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
+    seed: int = typer.Option(0, min=0, help="Seed of the attacker's own randomness."),
+    threads: int | None = ThreadsOpt,
     device: str = typer.Option(
         "cpu", help="Where heads run and attackers train: cpu or cuda (the whole family in minutes)."
     ),
@@ -49,10 +51,10 @@ def audit(
 ) -> None:
     """Train reconstruction and linkage attackers against clean and noisy activations; write the report."""
     from veil.audit import AttackConfig, LinkageConfig, run_audit
+    from veil.device import check_device
 
+    check_writable(out, "--out")
     set_threads(threads)
-    if size is not None and (size < 32 or size % 32):
-        raise VeilError(f"--size must be a positive multiple of 32, got {size}")
     cfg = AttackConfig(seed=seed, max_images=max_images, device=check_device(device))
     for key, value in {
         "steps": steps,
@@ -60,9 +62,7 @@ def audit(
         "width": width,
         "adapt_steps": adapt_steps,
     }.items():
-        if value is not None:
-            if value < (0 if key == "adapt_steps" else 1):
-                raise VeilError(f"--{key.replace('_', '-')} must be positive, got {value}")
+        if value is not None:  # ranges checked by the options
             setattr(cfg, key, value)
     if size is not None:
         cfg.input_size = size

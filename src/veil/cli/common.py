@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 import typer
-from torch import Tensor
 
-from veil.detect import PostProcess
+from veil.cli.checks import FloatOpt, check_size
 from veil.errors import VeilError
+
+if TYPE_CHECKING:  # torch and the model code load inside the commands: `veil --help` stays fast
+    from torch import Tensor
 
 WeightsOpt = typer.Option(
     None, "--weights", "-w", help="FaceBoxes checkpoint (.pth); default: $VEIL_WEIGHTS.", show_default=False
@@ -22,6 +23,7 @@ WeightsOpt = typer.Option(
 TilesOpt = typer.Option(
     1,
     "--tiles",
+    min=1,
     help="Also detect in K x K overlapping zoomed crops (K*K + 1 releases per image), cut after the "
     "frame's large faces are painted over: finds faces below the model's smallest anchor, e.g. crowds. "
     "1: the full frame only.",
@@ -46,8 +48,25 @@ def resolve_weights(weights: Path | None) -> Path:
     return weights
 
 
+ThreadsOpt = typer.Option(None, min=1, help="CPU threads for PyTorch.")
+SizeOpt = typer.Option(
+    None,
+    callback=check_size,
+    help="Fixed square input size, a multiple of 32 (default: 1024, or the transform's).",
+)
+ResizeOpt = FloatOpt(  # the resulting network input is checked per image (veil.imageio.target_size)
+    None,
+    low=0,
+    low_open=True,
+    help="Keep each image's scale times this factor instead (the input stays within 4096 px a side "
+    "and 4096 x 4096 pixels).",
+)
+
+
 def set_threads(threads: int | None) -> None:
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
 
 
@@ -85,6 +104,21 @@ def resolve_transform(transform: Path | None, alpha: float | None) -> Path | Non
     )
 
 
+ExpectReleaseOpt = typer.Option(
+    None,
+    "--expect-release",
+    metavar="SHA",
+    help="With --server: the release_sha256 your audit names (12+ hex digits); any other release is "
+    "refused before anything is sent.",
+)
+CaCertOpt = typer.Option(
+    None,
+    "--ca-cert",
+    help="With an https:// or grpcs:// --server: the CA certificate (PEM) to verify it against "
+    "(default: the system's roots).",
+)
+
+
 def remote_detector(
     server: str,
     weights: Path | None,
@@ -94,12 +128,18 @@ def remote_detector(
     protocol: str | None = None,
     access_token: str | None = None,
     threshold: float = 0.05,
+    expect_release: str | None = None,
+    ca_cert: Path | None = None,
 ) -> Callable[[Sequence[Tensor]], list[Tensor]]:
-    """``detect`` through a Triton server: head and noise here, tail there; clean only if allowed."""
+    """``detect`` through a Triton server: head and noise here, tail there; clean only if allowed.
+
+    The head comes from the transform (its split and fine-tuned block); ``expect_release`` pins the
+    audited release digest; ``https://``/``grpcs://`` servers are verified (``ca_cert``), never downgraded.
+    """
     from veil.artifact import load_transform
     from veil.client import VeilClient
+    from veil.detect import PostProcess
     from veil.models import create_model, get_spec, split_model
-    from veil.pipeline import transform_head
 
     w = resolve_weights(weights)
     post = PostProcess(threshold=threshold)
@@ -109,18 +149,33 @@ def remote_detector(
                 "--server without --transform would send clean activations: add --allow-clean to do so"
             )
         head, _ = split_model(create_model("faceboxes", w), get_spec("faceboxes").default_split)
+        if expect_release is not None:
+            raise VeilError("--expect-release needs --transform: only a transform records its release")
         client = VeilClient(
-            server, protocol, head=head.eval(), allow_clean=True, access_token=access_token, post=post
+            server,
+            protocol,
+            head=head.eval(),
+            allow_clean=True,
+            access_token=access_token,
+            post=post,
+            ca_cert=ca_cert,
         )
     else:
-        tr = load_transform(transform, w)
+        tr = load_transform(transform, w, expect_release=expect_release)
         if tr.meta.get("diagnostic") and not allow_clean:
             raise VeilError(
                 f"{transform} is a diagnostic copy ({tr.meta['diagnostic']}) that hides what its noise "
                 "no longer adds: send a real transform, or add --allow-clean to do so knowingly"
             )
         client = VeilClient(
-            server, protocol, head=transform_head(w, tr), noise=tr.noise, access_token=access_token, post=post
+            server,
+            protocol,
+            transform=tr,
+            weights=w,
+            allow_clean=allow_clean and bool(tr.meta.get("diagnostic")),
+            access_token=access_token,
+            post=post,
+            ca_cert=ca_cert,
         )
     client.check_ready()
     return client.detect

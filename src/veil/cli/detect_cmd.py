@@ -7,7 +7,13 @@ from pathlib import Path
 
 import typer
 
+from veil.cli.checks import FloatOpt, check_writable
 from veil.cli.common import (
+    CaCertOpt,
+    ExpectReleaseOpt,
+    ResizeOpt,
+    SizeOpt,
+    ThreadsOpt,
     TilesOpt,
     WeightsOpt,
     parse_size,
@@ -15,35 +21,47 @@ from veil.cli.common import (
     resolve_weights,
     set_threads,
 )
-from veil.detect import PostProcess
-from veil.imageio import atomic_write_bytes, draw_detections, load_image, save_png
-from veil.pipeline import load_pipeline
-from veil.serve.validate import INPUT_SIZE
-from veil.tiles import TileGrid, tiled
 
 
 def detect(
     images: list[Path] = typer.Argument(..., help="Image files.", show_default=False),
     weights: Path | None = WeightsOpt,
     out: Path = typer.Option(Path("detections"), "--out", "-o", help="Output folder."),
-    size: int | None = typer.Option(None, help="Fixed square input size [default: 1024]."),
-    resize: float | None = typer.Option(None, help="Keep each image's scale times this factor instead."),
-    threshold: float = typer.Option(0.5, help="Score threshold for reported boxes."),
-    threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
+    size: int | None = SizeOpt,
+    resize: float | None = ResizeOpt,
+    threshold: float = FloatOpt(0.5, help="Score threshold for reported boxes.", low=0, high=1),
+    threads: int | None = ThreadsOpt,
     transform: Path | None = typer.Option(
         None, "--transform", "-t", help="Transform directory (adds noise)."
     ),
     server: str | None = typer.Option(None, help="Triton URL: the tail runs there, head and noise here."),
     allow_clean: bool = typer.Option(False, help="With --server and no transform: send clean activations."),
+    expect_release: str | None = ExpectReleaseOpt,
+    ca_cert: Path | None = CaCertOpt,
     tiles: int = TilesOpt,
 ) -> None:
     """Detect faces; writes <name>.png (boxes drawn) and <name>.json per image."""
+    from veil.detect import PostProcess
+    from veil.imageio import atomic_write_bytes, draw_detections, load_image, save_png
+    from veil.pipeline import load_pipeline
+    from veil.serve.validate import INPUT_SIZE
+    from veil.tiles import TileGrid, tiled
+
+    check_writable(out, "--out")
     set_threads(threads)
     grid = TileGrid(tiles=tiles)
     # tiles paint over the frame's large faces from hide_score up, whatever the reported threshold
     seen = threshold if tiles == 1 or grid.hide_score is None else min(threshold, grid.hide_score)
     if server is not None:
-        detect = remote_detector(server, weights, transform, allow_clean=allow_clean, threshold=seen)
+        detect = remote_detector(
+            server,
+            weights,
+            transform,
+            allow_clean=allow_clean,
+            threshold=seen,
+            expect_release=expect_release,
+            ca_cert=ca_cert,
+        )
         detect = tiled(detect, grid, INPUT_SIZE)
     else:
         fixed, factor = parse_size(size, resize)

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
+from veil.cli.checks import FloatOpt, check_writable
 from veil.cli.common import (
+    CaCertOpt,
+    ExpectReleaseOpt,
+    ResizeOpt,
+    SizeOpt,
+    ThreadsOpt,
     TilesOpt,
     WeightsOpt,
     parse_size,
@@ -16,15 +23,10 @@ from veil.cli.common import (
     resolve_weights,
     set_threads,
 )
-from veil.data import load_dataset
-from veil.data.labels import LabeledDataset
-from veil.detect import PostProcess
 from veil.errors import VeilError
-from veil.eval.report import write_json_atomic
-from veil.eval.runner import evaluate_draws, write_part
-from veil.pipeline import load_pipeline
-from veil.serve.validate import INPUT_SIZE
-from veil.tiles import TileGrid, tiled
+
+if TYPE_CHECKING:
+    from veil.data.labels import LabeledDataset
 
 app = typer.Typer(help="Evaluate a detector on an FDDB or WIDER FACE folder.", invoke_without_command=True)
 
@@ -57,12 +59,10 @@ def eval_main(
     weights: Path | None = WeightsOpt,
     folds: str | None = typer.Option(None, help="FDDB folds to use, e.g. 1,6 (default: all present)."),
     part: str = typer.Option("all", help="all, or the train/test half (images a transform never saw: test)."),
-    size: int | None = typer.Option(
-        None, help="Fixed square input size [default: 1024, or the transform's]."
-    ),
-    resize: float | None = typer.Option(None, help="Keep each image's scale times this factor instead."),
-    threshold: float = typer.Option(0.05, help="Score threshold before NMS."),
-    batch_size: int = typer.Option(1, help="Images per forward pass."),
+    size: int | None = SizeOpt,
+    resize: float | None = ResizeOpt,
+    threshold: float = FloatOpt(0.05, help="Score threshold before NMS.", low=0, high=1),
+    batch_size: int = typer.Option(1, min=1, help="Images per forward pass."),
     skip_missing: bool = typer.Option(False, help="Skip (and report) images whose files are missing."),
     ignore_invalid: bool = typer.Option(
         False, help="WIDER FACE: faces flagged invalid count neither way (default: all boxes count)."
@@ -74,29 +74,46 @@ def eval_main(
     transform: Path | None = typer.Option(
         None, "--transform", "-t", help="Transform directory: evaluate with noise."
     ),
-    alpha: float | None = typer.Option(
-        None, help="Use the shipped transform with this ALPHA (reference design)."
+    alpha: float | None = FloatOpt(
+        None,
+        help="Use the shipped transform with this ALPHA (reference design).",
+        low=0,
+        high=1,
+        high_open=True,
     ),
     noisy: bool = typer.Option(
         False, "--noisy", help="Reference-design flag: with --alpha, add noise (implied)."
     ),
     tiles: int = TilesOpt,
-    draws: int = typer.Option(0, help="Noise draws to average (default: 3 with a transform, 1 without)."),
-    shard_index: int | None = typer.Option(
-        None, help="This shard (default: $JOB_COMPLETION_INDEX, set by Kubernetes Indexed Jobs)."
+    draws: int = typer.Option(
+        0, min=0, help="Noise draws to average (default: 3 with a transform, 1 without)."
     ),
-    num_shards: int = typer.Option(1, help="Split the dataset's folds across this many shards."),
+    shard_index: int | None = typer.Option(
+        None, min=0, help="This shard (default: $JOB_COMPLETION_INDEX, set by Kubernetes Indexed Jobs)."
+    ),
+    num_shards: int = typer.Option(1, min=1, help="Split the dataset's folds across this many shards."),
     server: str | None = typer.Option(
         None, help="Triton URL (host:port or http://, grpc://): run the tail there, head and noise here."
     ),
     allow_clean: bool = typer.Option(False, help="With --server and no transform: send clean activations."),
+    expect_release: str | None = ExpectReleaseOpt,
+    ca_cert: Path | None = CaCertOpt,
     verify: bool = typer.Option(False, help="Check the weights against SHA256SUMS."),
-    threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
+    threads: int | None = ThreadsOpt,
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Per-fold AP (the reference design's log), pooled AP and the official FDDB ROC."""
     if ctx.invoked_subcommand is not None:
         return
+    from veil.data import load_dataset
+    from veil.detect import PostProcess
+    from veil.eval.report import write_json_atomic
+    from veil.eval.runner import evaluate_draws, write_part
+    from veil.pipeline import load_pipeline
+    from veil.serve.validate import INPUT_SIZE
+    from veil.tiles import TileGrid, tiled
+
+    check_writable(json_out, "--json", folder=False)
     if dataset is None:
         raise VeilError(
             "missing --dataset: pass an FDDB root (FDDB-folds/ + originalPics/) or a WIDER FACE root"
@@ -111,7 +128,15 @@ def eval_main(
     transform = resolve_transform(transform, alpha)
     fixed, factor = parse_size(size, resize)
     if server is not None:
-        detect = remote_detector(server, weights, transform, allow_clean=allow_clean, threshold=threshold)
+        detect = remote_detector(
+            server,
+            weights,
+            transform,
+            allow_clean=allow_clean,
+            threshold=threshold,
+            expect_release=expect_release,
+            ca_cert=ca_cert,
+        )
         detect = tiled(detect, TileGrid(tiles=tiles), INPUT_SIZE)
     else:
         det = load_pipeline(
@@ -167,7 +192,10 @@ def merge(
     json_out: Path | None = typer.Option(None, "--json", help="Write the merged result as JSON."),
 ) -> None:
     """Merge sharded results; prints the same lines as an unsharded run."""
+    from veil.eval.report import write_json_atomic
     from veil.eval.runner import read_parts, summarize
+
+    check_writable(json_out, "--json", folder=False)
 
     preds, seconds = read_parts(parts)
     result = summarize(preds, seconds=seconds)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import typer
 
+from veil.cli.checks import check_writable
 from veil.cli.common import WeightsOpt, resolve_weights
+
+if TYPE_CHECKING:
+    import torch
 
 app = typer.Typer(help="Export veil's tails for deployment.", no_args_is_help=True)
 
@@ -59,8 +63,8 @@ def triton(
     weights: Path | None = WeightsOpt,
     out: Path = typer.Option(Path("model_repository"), "--out", "-o", help="Repository folder to create."),
     gpu: bool = typer.Option(False, "--gpu/--cpu", help="instance_group KIND_GPU instead of KIND_CPU."),
-    max_batch_size: int = typer.Option(8, help="max_batch_size of both models (dynamic batching)."),
-    instances: int = typer.Option(1, help="Model instances per model (instance_group count)."),
+    max_batch_size: int = typer.Option(8, min=1, help="max_batch_size of both models (dynamic batching)."),
+    instances: int = typer.Option(1, min=1, help="Model instances per model (instance_group count)."),
     overwrite: bool = typer.Option(False, help="Replace an existing repository (atomically)."),
     transform: Path | None = typer.Option(
         None, "--transform", "-t", help="Transform directory: face_detection_noisy gets its tail."
@@ -73,6 +77,7 @@ def triton(
     onnx: bool = typer.Option(False, "--onnx", help="Same as --backend onnx."),
 ) -> None:
     """Write face_detection_base and face_detection_noisy for Triton (TorchScript, ONNX or Python)."""
+    check_writable(out, "--out")
     export_triton(
         resolve_weights(weights),
         out,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from veil.cli.checks import check_writable
 from veil.errors import VeilError
 
 app = typer.Typer(help="Kubernetes manifests: batch Jobs (raw, obfuscated, sharded) and a Triton server.")
@@ -29,10 +30,12 @@ def render_cmd(
     alpha: str = typer.Option(
         "0.8", help="Noise level(s) of the obfuscated Job, e.g. 0.2,0.5: one Job each."
     ),
-    gpus: int = typer.Option(1, help="nvidia.com/gpu limit per inference pod and for Triton; 0 = CPU only."),
+    gpus: int = typer.Option(
+        1, min=0, help="nvidia.com/gpu limit per inference pod and for Triton; 0 = CPU only."
+    ),
     cpu: str = typer.Option("2", help="CPU request per pod when --gpus 0."),
     memory: str = typer.Option("4Gi", help="Memory request per pod when --gpus 0."),
-    num_shards: int = typer.Option(2, help="Pods of the Indexed Job (completions = parallelism)."),
+    num_shards: int = typer.Option(2, min=1, help="Pods of the Indexed Job (completions = parallelism)."),
     dataset: str = typer.Option("/data/FDDB", help="FDDB root inside the pod."),
     weights: str = typer.Option("/data/weights/FaceBoxes.pth", help="Checkpoint inside the pod."),
     transform_dir: str = typer.Option(
@@ -49,6 +52,8 @@ def render_cmd(
 ) -> None:
     """Fill the manifests of deploy/k8s; with no options the output equals those files."""
     from veil.k8s import K8sConfig, parse_alphas, render, to_yaml, write_manifests
+
+    check_writable(out, "--out")
 
     cfg = K8sConfig(
         namespace=namespace,

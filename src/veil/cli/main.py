@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
+
+try:  # typer >= 0.22 carries its own copy of click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer on click >= 8.2
+    from click.exceptions import ClickException, NoArgsIsHelpError, UsageError  # type: ignore[no-redef]
 
 from veil.cli import (
     audit_cmd,
@@ -17,6 +23,7 @@ from veil.cli import (
     train_cmd,
     tune_cmd,
 )
+from veil.cli.checks import FloatOpt
 from veil.errors import VeilError
 
 app = typer.Typer(
@@ -38,6 +45,24 @@ app.add_typer(export_cmd.app, name="export")
 app.add_typer(k8s_cmd.app, name="k8s")
 
 
+@app.callback()
+def _options(
+    max_image_mp: float | None = FloatOpt(
+        None,
+        "--max-image-mp",
+        envvar="VEIL_MAX_IMAGE_MP",
+        help="Refuse images whose header declares more megapixels than this, before decoding them "
+        "(default: 50).",
+        low=0,
+        low_open=True,
+        show_default=False,
+    ),
+) -> None:
+    """Options for every command (before the command's name)."""
+    if max_image_mp is not None:  # read by veil.imageio.max_image_pixels(), in this process only
+        os.environ["VEIL_MAX_IMAGE_MP"] = repr(max_image_mp)
+
+
 @app.command("models")
 def models() -> None:
     """List the model names veil knows, with their split points."""
@@ -48,16 +73,36 @@ def models() -> None:
         typer.echo(f"{name}\tsplit points: {', '.join(spec.split_points)} (default {spec.default_split})")
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    """Entry point: user errors become one line on stderr and exit code 2, never a traceback.
+
+    Usage errors (an unknown option, a value out of range) are caught here too, rather than printed by
+    the CLI library as a multi-line box, so every refusal reads ``error: ...`` on one line.
+    """
     try:
-        app()  # standalone mode: usage errors are printed by the CLI library itself
+        code = app(prog_name="veil", standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        exc.show()  # `veil` or `veil k8s` alone: the help text
+        sys.exit(exc.exit_code)
+    except UsageError as exc:
+        where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
+        hint = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+        typer.echo(f"error: {where}{_one_line(exc.format_message())}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    except ClickException as exc:
+        typer.echo(f"error: {_one_line(exc.format_message())}", err=True)
+        sys.exit(exc.exit_code)
     except VeilError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {_one_line(str(exc))}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

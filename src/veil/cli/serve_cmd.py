@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import typer
 
 from veil.cli.common import resolve_weights, set_threads
 from veil.errors import VeilError
+
+if TYPE_CHECKING:  # torch loads inside the command: `veil --help` stays fast
+    import torch
 
 
 def run_server(

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from veil.cli.common import TilesOpt, WeightsOpt, int_list, resolve_weights, set_threads
-from veil.device import check_device
+from veil.cli.checks import MAX_SIZE, FloatOpt, check_size, check_writable
+from veil.cli.common import ThreadsOpt, TilesOpt, WeightsOpt, int_list, resolve_weights, set_threads
 from veil.errors import VeilError
 
 if TYPE_CHECKING:
@@ -46,7 +46,9 @@ def _config(
 def train(
     weights: Path | None = WeightsOpt,
     images: list[Path] = typer.Option([], "--images", "-i", help="Unlabeled photos (mosaicked); repeatable."),
-    alpha: float = typer.Option(..., help="0 = accuracy only ... towards 1 = hide as much as possible."),
+    alpha: float = FloatOpt(
+        ..., help="0 = accuracy only ... towards 1 = hide as much as possible.", low=0, high=1, high_open=True
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Transform directory to write."),
     scenes: list[Path] = typer.Option(
         [], "--scenes", help="Real multi-face scenes to crop from; repeatable."
@@ -58,11 +60,13 @@ def train(
     task: str = typer.Option(
         "distill", help="distill (label-free, default), multibox (supervised) or mixed (both: half boxed)."
     ),
-    label_weight: float = typer.Option(1.0, help="--task mixed: weight of MultiBox against distillation."),
+    label_weight: float = FloatOpt(
+        1.0, help="--task mixed: weight of MultiBox against distillation.", low=0, low_open=True
+    ),
     distill_weights: str = typer.Option(
         "score", help="Face anchors count by clean score, or uniform (small faces count as much)."
     ),
-    scene_fraction: float = typer.Option(0.25, help="Share of samples cropped from scenes."),
+    scene_fraction: float = FloatOpt(0.25, help="Share of samples cropped from scenes.", low=0, high=1),
     mosaic_grids: str = typer.Option(
         "1,2,3,4,6,8,12,16", help="Mosaic sizes k (k x k photos) to draw from: larger k, smaller faces."
     ),
@@ -75,23 +79,29 @@ def train(
         False, "--train-head", help="Also fine-tune the head's last block (the client then runs it)."
     ),
     head_blocks: int = typer.Option(
-        1, help="With --train-head: how many blocks before the split to fine-tune (the first stays frozen)."
+        1,
+        min=1,
+        help="With --train-head: how many blocks before the split to fine-tune (the first stays frozen).",
     ),
     granularity: str = typer.Option(
         "element",
         help="element (per-element sigma), channel (shift-invariant) or conditional (sigma predicted "
         "from the activation by a small network, per request; no suppression).",
     ),
-    steps: int = typer.Option(400, help="Optimisation steps."),
+    steps: int = typer.Option(400, min=1, help="Optimisation steps."),
     samples: int = typer.Option(
-        256, help="Training samples (mosaics/crops) cached once (about 1 MiB each at 1024²)."
+        256, min=1, help="Training samples (mosaics/crops) cached once (about 1 MiB each at 1024²)."
     ),
-    batch_size: int = typer.Option(8, help="Samples per step (per process under torchrun)."),
-    lr_tail: float = typer.Option(3e-5, help="Learning rate of the tail (with --train-tail)."),
+    batch_size: int = typer.Option(8, min=1, help="Samples per step (per process under torchrun)."),
+    lr_tail: float = FloatOpt(
+        3e-5, help="Learning rate of the tail (with --train-tail).", low=0, low_open=True, high=1
+    ),
     adapter: int = typer.Option(
-        0, help="Residual conv blocks the server runs before the tail, trained with it (0: none)."
+        0, min=0, help="Residual conv blocks the server runs before the tail, trained with it (0: none)."
     ),
-    lr_head: float = typer.Option(1e-4, help="Learning rate of the head's last block (with --train-head)."),
+    lr_head: float = FloatOpt(
+        1e-4, help="Learning rate of the head's last block (with --train-head).", low=0, low_open=True, high=1
+    ),
     privacy: str = typer.Option(
         "mean",
         help="mean: -log mean sigma (Cloak); relative: per-channel SNR; adversarial: + online decoder.",
@@ -101,33 +111,49 @@ def train(
         help="conditional: batch (-log of the batch's mean sigma) or request (mean of each request's "
         "-log mean sigma: no request stays nearly clean).",
     ),
-    adversary_weight: float = typer.Option(1.0, help="Weight of the online decoder's term (adversarial)."),
-    adversary_photos: int = typer.Option(256, help="Photos the online decoder learns from (adversarial)."),
-    adversary_steps: int = typer.Option(1, help="Online decoder updates per training step (adversarial)."),
+    adversary_weight: float = FloatOpt(1.0, help="Weight of the online decoder's term (adversarial).", low=0),
+    adversary_photos: int = typer.Option(
+        256, min=1, help="Photos the online decoder learns from (adversarial)."
+    ),
+    adversary_steps: int = typer.Option(
+        1, min=1, help="Online decoder updates per training step (adversarial)."
+    ),
     adversary_size: int = typer.Option(
-        0, help="Input size the online decoder attacks (adversarial); 0 = half of --size, cheaper."
+        0,
+        min=0,
+        max=MAX_SIZE,
+        help="Input size the online decoder attacks (adversarial); 0 = half of --size, cheaper.",
     ),
     adversary_reset: int = typer.Option(
-        0, help="Start a fresh online decoder every N steps (adversarial); 0 = never."
+        0, min=0, help="Start a fresh online decoder every N steps (adversarial); 0 = never."
     ),
-    smax_factor: float = typer.Option(
-        8.0, help="Noise cap: sigma never exceeds this many times the activations' std."
+    smax_factor: float = FloatOpt(
+        8.0, help="Noise cap: sigma never exceeds this many times the activations' std.", low=0, low_open=True
     ),
-    suppress_factor: float = typer.Option(
-        0.95, help="Suppress (send the constant mu) where sigma ends above this share of the cap; > 1: never."
+    suppress_factor: float = FloatOpt(
+        0.95,
+        help="Suppress (send the constant mu) where sigma ends above this share of the cap; > 1: never.",
+        low=0,
+        low_open=True,
     ),
-    suppress_max: float = typer.Option(
-        1.0, help="Suppress at most this share of the elements (the noisiest); 1: no cap."
+    suppress_max: float = FloatOpt(
+        1.0, help="Suppress at most this share of the elements (the noisiest); 1: no cap.", low=0, high=1
     ),
-    size: int = typer.Option(1024, help="Input size the transform is trained for."),
-    seed: int = typer.Option(0, help="Seed of the data augmentation (the noise itself stays OS-seeded)."),
-    threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
+    size: int = typer.Option(
+        1024, callback=check_size, help="Input size the transform is trained for, a multiple of 32."
+    ),
+    seed: int = typer.Option(
+        0, min=0, help="Seed of the data augmentation (the noise itself stays OS-seeded)."
+    ),
+    threads: int | None = ThreadsOpt,
     device: str = typer.Option("cpu", help="Where to train: cpu or cuda (one process; the cache must fit)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Learn a noise transform for a model split; resumable, works under torchrun."""
+    from veil.device import check_device
     from veil.train import train as run
 
+    check_writable(out, "--out")
     cfg = _config(
         resolve_weights(weights),
         images,
@@ -186,12 +212,12 @@ def sweep(
     split: str = typer.Option("inception3", help="Split point."),
     train_tail: bool = typer.Option(True, "--train-tail/--noise-only", help="Fine-tune the tail jointly."),
     granularity: str = typer.Option("element", help="element, channel or conditional."),
-    steps: int = typer.Option(400, help="Steps per transform."),
-    samples: int = typer.Option(256, help="Training samples per transform."),
-    size: int = typer.Option(1024, help="Input size."),
-    draws: int = typer.Option(3, help="Noise draws per AP measurement."),
+    steps: int = typer.Option(400, min=1, help="Steps per transform."),
+    samples: int = typer.Option(256, min=1, help="Training samples per transform."),
+    size: int = typer.Option(1024, callback=check_size, help="Input size, a multiple of 32."),
+    draws: int = typer.Option(3, min=1, help="Noise draws per AP measurement."),
     tiles: int = TilesOpt,
-    threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
+    threads: int | None = ThreadsOpt,
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Train (or reuse) a transform per alpha and write table.md, table.csv, accuracy_vs_alpha.png."""
@@ -199,6 +225,7 @@ def sweep(
     from veil.sweep import evaluate_transform, to_markdown, write_report
     from veil.train import train as run
 
+    check_writable(out, "--out")
     set_threads(threads)
     try:
         values = [float(a) for a in alphas.split(",") if a.strip()]

@@ -12,8 +12,8 @@ from typing import Any
 
 import typer
 
-from veil.cli.common import WeightsOpt, int_list, resolve_weights, set_threads
-from veil.device import check_device
+from veil.cli.checks import FloatOpt, check_writable
+from veil.cli.common import ThreadsOpt, WeightsOpt, int_list, resolve_weights, set_threads
 from veil.errors import VeilError
 
 #: Options that decide the release: taken from the source transform, never from the command line.
@@ -70,34 +70,46 @@ def tune_tail(
     labels: list[Path] = typer.Option([], "--labels", help="Datasets (default: the source's)."),
     labels_part: str | None = typer.Option(None, help="all, train or test half of --labels."),
     task: str | None = typer.Option(None, help="distill, multibox or mixed (default: the source's)."),
-    label_weight: float | None = typer.Option(None, help="--task mixed: weight of MultiBox (default 1)."),
+    label_weight: float | None = FloatOpt(
+        None, help="--task mixed: weight of MultiBox (default 1).", low=0, low_open=True
+    ),
     distill_weights: str | None = typer.Option(None, help="score or uniform (default: the source's)."),
-    scene_fraction: float | None = typer.Option(None, help="Share of samples cropped from scenes."),
+    scene_fraction: float | None = FloatOpt(
+        None, help="Share of samples cropped from scenes.", low=0, high=1
+    ),
     mosaic_grids: str | None = typer.Option(
         None, help="Mosaic sizes k (k x k photos), e.g. 8,12,16 for small faces (default: the source's)."
     ),
     scene_grids: str | None = typer.Option(
         None, help="Scene crops tiled k x k, e.g. 1,2,3,4 for crowds of small faces (default: the source's)."
     ),
-    steps: int = typer.Option(1600, help="Optimisation steps of the tail."),
+    steps: int = typer.Option(1600, min=1, help="Optimisation steps of the tail."),
     samples: int | None = typer.Option(
-        None, help="Training samples cached once (about 1 MiB each at 1024²; default: the source's)."
+        None, min=1, help="Training samples cached once (about 1 MiB each at 1024²; default: the source's)."
     ),
-    batch_size: int | None = typer.Option(None, help="Samples per step."),
-    lr_tail: float | None = typer.Option(None, help="Tail learning rate (default: the source's)."),
+    batch_size: int | None = typer.Option(None, min=1, help="Samples per step."),
+    lr_tail: float | None = FloatOpt(
+        None, help="Tail learning rate (default: the source's).", low=0, low_open=True, high=1
+    ),
     adapter: int | None = typer.Option(
-        None, help="Residual conv blocks the server runs before the tail (0: none; default: the source's)."
+        None,
+        min=0,
+        help="Residual conv blocks the server runs before the tail (0: none; default: the source's).",
     ),
-    seed: int = typer.Option(1, help="Augmentation seed (not the source's, so the tail sees new crops)."),
-    threads: int | None = typer.Option(None, help="CPU threads for PyTorch."),
+    seed: int = typer.Option(
+        1, min=0, help="Augmentation seed (not the source's, so the tail sees new crops)."
+    ),
+    threads: int | None = ThreadsOpt,
     device: str = typer.Option("cpu", help="Where to train: cpu or cuda (the cache must fit there)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Train only the tail of a transform against its frozen release (privacy unchanged, accuracy up)."""
+    from veil.device import check_device
     from veil.train import train as run
 
     if Path(out).resolve() == Path(transform).resolve():
         raise VeilError("--out must differ from --transform (the source is read while the result is written)")
+    check_writable(out, "--out")
     cfg = tune_config(
         transform,
         resolve_weights(weights),
