@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Literal
 
 import typer
 
+from veil.assets import default_weights
 from veil.cli.checks import FloatOpt, check_size
 from veil.errors import VeilError
 
@@ -16,7 +17,11 @@ if TYPE_CHECKING:  # torch and the model code load inside the commands: `veil --
     from torch import Tensor
 
 WeightsOpt = typer.Option(
-    None, "--weights", "-w", help="FaceBoxes checkpoint (.pth); default: $VEIL_WEIGHTS.", show_default=False
+    None,
+    "--weights",
+    "-w",
+    help="FaceBoxes checkpoint (.pth); default: $VEIL_WEIGHTS, else the one veil ships.",
+    show_default=False,
 )
 
 
@@ -39,11 +44,11 @@ def int_list(text: str, option: str) -> list[int]:
 
 
 def resolve_weights(weights: Path | None) -> Path:
-    """``--weights`` or ``$VEIL_WEIGHTS``; a clear error when neither is set."""
+    """``--weights``, else ``$VEIL_WEIGHTS``, else the package's FaceBoxes.pth (SHA-256 checked)."""
     if weights is None:
         env = os.environ.get("VEIL_WEIGHTS")
         if not env:
-            raise VeilError("no weights given: pass --weights PATH/FaceBoxes.pth or set VEIL_WEIGHTS")
+            return default_weights()
         weights = Path(env)
     return weights
 
