@@ -2,12 +2,18 @@
 
 Preprocessing resizes while the image is still uint8 (four times less memory traffic than float) and
 produces a channels-last float batch, the layout the convolutions are fastest in on CPU.
+
+Sizes are bounded before memory is spent: a file's header is read first and an image declaring more
+than ``$VEIL_MAX_IMAGE_MP`` megapixels (default 50) is refused undecoded; the network input (``resize``
+times the image) stays within :data:`MAX_INPUT_SIDE` pixels a side and :data:`MAX_INPUT_PIXELS`.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +29,59 @@ from veil.errors import InputError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 FACEBOXES_MEAN_BGR = (104.0, 117.0, 123.0)
 
+#: Images whose header declares more megapixels than this are refused (``$VEIL_MAX_IMAGE_MP`` overrides).
+DEFAULT_MAX_IMAGE_MP = 50.0
+#: The network input's largest side and area (``resize`` x the image, or a fixed size): 4096 x 4096.
+MAX_INPUT_SIDE = 4096
+MAX_INPUT_PIXELS = MAX_INPUT_SIDE * MAX_INPUT_SIDE
 
-def load_image(path: str | Path) -> Tensor:
-    """Decode an image file to a uint8 RGB tensor [3, H, W]."""
+
+def max_image_pixels() -> int:
+    """The decode limit in pixels: ``$VEIL_MAX_IMAGE_MP`` megapixels (``veil --max-image-mp``), else 50 MP."""
+    text = os.environ.get("VEIL_MAX_IMAGE_MP", "").strip()
+    try:
+        mp = float(text) if text else DEFAULT_MAX_IMAGE_MP
+    except ValueError:
+        mp = math.nan
+    if not (math.isfinite(mp) and mp > 0):
+        raise InputError(f"VEIL_MAX_IMAGE_MP must be a number of megapixels > 0, got {text!r}")
+    return int(mp * 1e6)
+
+
+def _too_large(path: Path, declared: str, limit: int) -> InputError:
+    return InputError(
+        f"{path}: the image declares {declared}, over the {limit / 1e6:g} MP limit: shrink it, or raise the "
+        "limit with VEIL_MAX_IMAGE_MP (veil --max-image-mp)"
+    )
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) from the file's header alone, refusing images over :func:`max_image_pixels`."""
+    from PIL import Image, UnidentifiedImageError
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image not found: {path}")
+    limit = max_image_pixels()
+    try:
+        with warnings.catch_warnings():  # Pillow warns from 89 MP and refuses from 179 MP on its own
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+    except Image.DecompressionBombError:
+        raise _too_large(path, f"over {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} MP", limit) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:100]
+        raise InputError(f"{path}: cannot decode image ({first})") from None
+    if width * height > limit:
+        raise _too_large(path, f"{width} x {height} pixels ({width * height / 1e6:.1f} MP)", limit)
+    return height, width
+
+
+def load_image(path: str | Path) -> Tensor:
+    """Decode an image file to a uint8 RGB tensor [3, H, W], after checking its header's size."""
+    path = Path(path)
+    image_size(path)
     try:
         data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
         return decode_image(data, mode=ImageReadMode.RGB)
@@ -65,10 +118,22 @@ def _check_image(img: Tensor, index: int) -> None:
 
 
 def target_size(height: int, width: int, size: tuple[int, int] | None, resize: float) -> tuple[int, int]:
-    """Network input size for one image: fixed ``size`` (H, W), or the image's own size times ``resize``."""
-    if size is not None:
-        return size
-    return max(32, round(height * resize)), max(32, round(width * resize))
+    """Network input size for one image: fixed ``size`` (H, W), or the image's own size times ``resize``;
+    refused when over :data:`MAX_INPUT_SIDE` a side or :data:`MAX_INPUT_PIXELS` in all."""
+    if size is None and not (math.isfinite(resize) and resize > 0):
+        raise InputError(f"--resize must be a finite number > 0, got {resize}")
+    h, w = size if size is not None else (max(32, round(height * resize)), max(32, round(width * resize)))
+    if max(h, w) > MAX_INPUT_SIDE or h * w > MAX_INPUT_PIXELS:
+        how = f"--size {h}" if size is not None else f"--resize {resize:g} of a {width} x {height} image"
+        fix = "a smaller --size"
+        if size is None:
+            best = min(MAX_INPUT_SIDE / max(height, width), math.sqrt(MAX_INPUT_PIXELS / (height * width)))
+            fix = f"--resize {math.floor(best * 1000) / 1000:g} or less for this image"
+        raise InputError(
+            f"{how} makes a {w} x {h} network input ({h * w / 1e6:.1f} MP); the limit is {MAX_INPUT_SIDE} px "
+            f"a side and {MAX_INPUT_PIXELS / 1e6:.1f} MP: use {fix}"
+        )
+    return h, w
 
 
 def _resize(x: Tensor, h: int, w: int) -> Tensor:

@@ -42,12 +42,24 @@ def detect(
 ) -> None:
     """Detect faces; writes <name>.png (boxes drawn) and <name>.json per image."""
     from veil.detect import PostProcess
-    from veil.imageio import atomic_write_bytes, draw_detections, load_image, save_png
+    from veil.imageio import (
+        atomic_write_bytes,
+        draw_detections,
+        image_size,
+        load_image,
+        save_png,
+        target_size,
+    )
     from veil.pipeline import load_pipeline
     from veil.serve.validate import INPUT_SIZE
     from veil.tiles import TileGrid, tiled
 
     check_writable(out, "--out")
+    fixed, factor = parse_size(size, resize)
+    for path in images:  # every file's header and input size first: a bad one fails before any output
+        height, width = image_size(path)
+        if fixed is None:
+            target_size(height, width, None, factor)
     set_threads(threads)
     grid = TileGrid(tiles=tiles)
     # tiles paint over the frame's large faces from hide_score up, whatever the reported threshold
@@ -64,7 +76,6 @@ def detect(
         )
         detect = tiled(detect, grid, INPUT_SIZE)
     else:
-        fixed, factor = parse_size(size, resize)
         det = load_pipeline(
             resolve_weights(weights),
             transform,
