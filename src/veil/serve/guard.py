@@ -1,33 +1,45 @@
 """A small HTTP/1.1 front for Triton's HTTP endpoint: refuse what would crash or confuse Triton 2.51.
 
-Triton 2.51 (the one in the nvidia-pytriton wheel) dies with SIGSEGV when a request's JSON part is
-larger than about 4 MB (a JSON-encoded batch of two activations is 5.3 MB) — one such request from
-any client would take the server down (upstream fixed this in later releases with
-``--http-max-input-size``). It also answers a JSON header it cannot parse with a 500. The guard sits on
-the public HTTP port, checks each request's framing and JSON part, answers the bad ones itself with a
-4xx and a one-line reason, and relays the rest byte for byte to Triton on a private loopback port.
+The guard sits on the public HTTP port and relays good requests byte for byte to Triton, which listens
+on a Unix socket in a private (0700) folder (or a loopback port for the pytriton engine), so nothing
+reaches Triton's HTTP without passing here. Per request it checks, before forwarding
+(:mod:`veil.serve.checks` says why each matters): the path (only what veil serves; ``generate`` and
+the like get 404), the access token on restricted APIs, the framing (no chunked or compressed bodies),
+every body's JSON part (size and nesting depth: deep nesting kills Triton 2.51), and each input's
+batch size (1..max: a batch of 0 or 2^62 would fail the good requests batched with it). A refused
+request gets a 4xx with a one-line reason, and the server log one line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import secrets
 import threading
 from dataclasses import dataclass
 
 from veil.errors import ServingError
+from veil.serve.checks import (
+    MAX_BODY_BYTES,
+    RESTRICTED,
+    infer_json_problem,
+    parse_json,
+    restricted_message,
+    route,
+)
+from veil.serve.validate import ACCESS_HEADER, MAX_BATCH_SIZE
 
-#: The JSON part of a request (the whole body unless ``Inference-Header-Content-Length`` splits off
-#: binary tensors). A JSON-encoded batch-1 activation is ~2.7 MB; Triton 2.51 crashes at ~4 MB.
-MAX_JSON_BYTES = 3 << 20
-#: A batch of 8 binary activations is 4 MiB; room for the JSON header on top.
-MAX_BODY_BYTES = 8 << 20
 MAX_HEAD_BYTES = 64 << 10
+#: Stream buffer: a whole batch-1 request in few reads (the head is still bounded by MAX_HEAD_BYTES).
+_BUFFER = 1 << 20
 #: A client silent this long mid-request, or between requests, is disconnected (no slow-loris holds).
 IDLE_TIMEOUT_S = 60.0
 #: How long Triton may take to answer one request before the client gets a 504.
 UPSTREAM_TIMEOUT_S = 300.0
-_INFER_SUFFIX = "/infer"
+_REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+            411: "Length Required", 413: "Payload Too Large", 415: "Unsupported Media Type"}  # fmt: skip
+log = logging.getLogger("veil.serve.guard")
 
 
 @dataclass
@@ -49,6 +61,8 @@ def _reply(status: int, reason: str, message: str) -> bytes:
 
 
 def _parse_head(raw: bytes) -> _Head:
+    if len(raw) > MAX_HEAD_BYTES:
+        raise ValueError("request head too large")
     lines = raw.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
@@ -63,33 +77,41 @@ def _parse_head(raw: bytes) -> _Head:
     return _Head(parts[0].upper(), parts[1], raw, headers)
 
 
-def check_request(head: _Head, body: bytes) -> tuple[int, str, str] | None:
+def check_request(
+    head: _Head, body: bytes, max_batch_size: int = MAX_BATCH_SIZE, token: str | None = None
+) -> tuple[int, str, str] | None:
     """(status, reason, message) for a request the guard answers itself, or None to pass it on."""
+    problem = _problem(head, body, max_batch_size, token)
+    return None if problem is None else (problem[0], _REASONS.get(problem[0], "Error"), problem[1])
+
+
+def _problem(head: _Head, body: bytes, max_batch_size: int, token: str | None) -> tuple[int, str] | None:
     if head.headers.get("content-encoding", "identity").lower() != "identity":
-        return 415, "Unsupported Media Type", "compressed requests are not accepted: send them uncompressed"
-    if not head.path.split("?", 1)[0].endswith(_INFER_SUFFIX) or head.method != "POST":
+        return 415, "compressed requests are not accepted: send them uncompressed"
+    api = route(head.method, head.path)
+    if isinstance(api, tuple):
+        return api
+    if token is not None and api in RESTRICTED:
+        given = head.headers.get(ACCESS_HEADER, "")
+        if not secrets.compare_digest(given.encode(), token.encode()):
+            return 403, restricted_message(ACCESS_HEADER)
+    if head.method != "POST":
+        return None if not body else (400, f"{head.method} requests take no body")
+    json_len = len(body)
+    if api == "inference":
+        raw_len = head.headers.get("inference-header-content-length", str(len(body)))
+        try:
+            json_len = int(raw_len)
+        except ValueError:
+            return 400, f"Inference-Header-Content-Length is not an integer: {raw_len[:40]!r}"
+        if not 0 <= json_len <= len(body):
+            return 400, f"Inference-Header-Content-Length {json_len} outside the body"
+    elif not body:
         return None
-    raw_len = head.headers.get("inference-header-content-length", str(len(body)))
-    try:
-        json_len = int(raw_len)
-    except ValueError:
-        return 400, "Bad Request", f"Inference-Header-Content-Length is not an integer: {raw_len[:40]!r}"
-    if not 0 <= json_len <= len(body):
-        return 400, "Bad Request", f"Inference-Header-Content-Length {json_len} outside the body"
-    if json_len > MAX_JSON_BYTES:
-        return (
-            413,
-            "Payload Too Large",
-            f"JSON part of {json_len} bytes exceeds {MAX_JSON_BYTES}: send tensors as binary data "
-            "(tritonclient: binary_data=True) or in smaller batches",
-        )
-    try:
-        header = json.loads(body[:json_len])
-    except (UnicodeDecodeError, ValueError) as exc:
-        return 400, "Bad Request", f"request JSON does not parse: {str(exc)[:120]}"
-    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
-        return 400, "Bad Request", 'request JSON must be an object with an "inputs" list'
-    return None
+    parsed = parse_json(body[:json_len])
+    if isinstance(parsed, tuple):
+        return parsed
+    return infer_json_problem(parsed, max_batch_size) if api == "inference" else None
 
 
 def body_length(head: _Head) -> int | tuple[int, str, str]:
@@ -101,7 +123,11 @@ def body_length(head: _Head) -> int | tuple[int, str, str]:
     except ValueError:
         return 400, "Bad Request", "Content-Length must be an integer"
     if not 0 <= length <= MAX_BODY_BYTES:
-        return 413, "Payload Too Large", f"body of {length} bytes exceeds {MAX_BODY_BYTES}"
+        return (
+            413,
+            "Payload Too Large",
+            f"body of {length} bytes exceeds {MAX_BODY_BYTES}: send smaller batches",
+        )
     return length
 
 
@@ -133,51 +159,86 @@ async def _relay_response(upstream: asyncio.StreamReader, writer: asyncio.Stream
 
 
 class HttpGuard:
-    """Listen on ``host:port`` in a background thread; relay good requests to ``upstream_port``."""
+    """Listen on ``host:port`` in a background thread; relay good requests to ``upstream``.
 
-    def __init__(self, host: str, port: int, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
-        self.host, self.port, self.upstream = host, port, (upstream_host, upstream_port)
+    ``upstream``: Triton's HTTP, a Unix socket path or a ``(host, port)`` pair. ``token``: the access
+    token restricted APIs need (checked here; None leaves them open).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        upstream: str | tuple[str, int],
+        *,
+        max_batch_size: int = MAX_BATCH_SIZE,
+        token: str | None = None,
+    ) -> None:
+        self.host, self.port, self.upstream = host, port, upstream
+        self.max_batch_size, self.token = max_batch_size, token
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._error: BaseException | None = None
 
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if isinstance(self.upstream, str):
+            return await asyncio.open_unix_connection(self.upstream, limit=_BUFFER)
+        return await asyncio.open_connection(*self.upstream, limit=_BUFFER)
+
+    def _refuse(
+        self, writer: asyncio.StreamWriter, head: _Head | None, problem: tuple[int, str, str]
+    ) -> None:
+        """Answer with ``problem`` and log one line (never a traceback)."""
+        peer = writer.get_extra_info("peername")
+        where = f"{head.method} {head.path.split('?', 1)[0][:80]}" if head is not None else "request"
+        log.warning("veil guard: refused %s from %s: %d %s", where, peer, problem[0], problem[2])
+        writer.write(_reply(*problem))
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader: asyncio.StreamReader | None = None
         up_writer: asyncio.StreamWriter | None = None
+        head: _Head | None = None
         try:
             while True:
+                head = None
                 try:
                     raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_TIMEOUT_S)
-                except asyncio.LimitOverrunError:
-                    writer.write(_reply(431, "Request Header Fields Too Large", "request head too large"))
-                    break
-                try:
                     head = _parse_head(raw)
+                except asyncio.LimitOverrunError:
+                    self._refuse(
+                        writer, None, (431, "Request Header Fields Too Large", "request head too large")
+                    )
+                    break
                 except ValueError as exc:
-                    writer.write(_reply(400, "Bad Request", str(exc)))
+                    status = 431 if "too large" in str(exc) else 400
+                    self._refuse(
+                        writer,
+                        None,
+                        (status, _REASONS.get(status, "Request Header Fields Too Large"), str(exc)),
+                    )
                     break
                 length = body_length(head)
                 if isinstance(length, tuple):
-                    writer.write(_reply(*length))
+                    self._refuse(writer, head, length)
                     break
                 if head.headers.get("expect", "").lower() == "100-continue":
                     writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # answered here, not relayed
                     lines = raw.split(b"\r\n")
                     raw = b"\r\n".join(ln for ln in lines if not ln.lower().startswith(b"expect:"))
                 body = await asyncio.wait_for(reader.readexactly(length), IDLE_TIMEOUT_S)
-                problem = check_request(head, body)
+                problem = check_request(head, body, self.max_batch_size, self.token)
                 if problem is not None:
-                    writer.write(_reply(*problem))
+                    self._refuse(writer, head, problem)
                     break
                 if up_writer is None or up_writer.is_closing():
                     try:
-                        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+                        up_reader, up_writer = await self._connect()
                     except OSError:
                         writer.write(_reply(503, "Service Unavailable", "Triton is not reachable"))
                         break
                 assert up_reader is not None
-                up_writer.write(raw + body)
+                up_writer.writelines((raw, body))
                 await up_writer.drain()
                 try:
                     relay = _relay_response(up_reader, writer, head.method)
@@ -190,13 +251,16 @@ class HttpGuard:
             pass  # a client or Triton hung up (or went silent) mid-message: nothing more to relay
         except asyncio.CancelledError:
             pass  # the guard is stopping: close this connection quietly
+        except Exception as exc:  # one line, never a traceback per request; this connection only
+            log.warning("veil guard: dropped a connection: %s: %s", type(exc).__name__, str(exc)[:200])
+            writer.write(_reply(500, "Internal Server Error", "the guard could not handle this request"))
         finally:
             for w in (writer, up_writer):
                 if w is not None:
                     w.close()  # buffered bytes (a refusal) are still flushed
 
     async def _serve(self) -> None:
-        server = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_HEAD_BYTES)
+        server = await asyncio.start_server(self._handle, self.host, self.port, limit=_BUFFER)
         self._started.set()
         async with server:
             await server.serve_forever()

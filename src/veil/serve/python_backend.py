@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import http.client
 import importlib.util
 import io
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -147,8 +147,38 @@ def connectable_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a Unix socket (Triton's private HTTP behind the guard)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def unix_address(path: Path) -> tuple[str, int]:
+    """Triton's ``--http-address``/``--grpc-address`` for a Unix socket (the wheel's 2.51 takes
+    ``unix:PATH``; gRPC appends ``:PORT`` to the path, so its socket is ``PATH:0``)."""
+    return f"unix:{path}", 0
+
+
+def grpc_target(address: tuple[str, int]) -> str:
+    """The gRPC target a channel dials for Triton's gRPC ``address``."""
+    host, port = address
+    return f"{host}:{port}" if host.startswith("unix:") else f"{connectable_host(host)}:{port}"
+
+
 class TritonProcess:
-    """One ``tritonserver`` child process: start it, wait until every model is ready, stop it."""
+    """One ``tritonserver`` child process: start it, wait until every model is ready, stop it.
+
+    ``http``/``grpc``: ``(host, port)`` or :func:`unix_address`; ``access_token`` goes on Triton's
+    command line (visible in ``ps``), so ``veil serve`` passes none when its guards check the token;
+    ``env``: extra environment for Triton and its backend stubs.
+    """
 
     def __init__(
         self,
@@ -162,10 +192,11 @@ class TritonProcess:
         log_file: Path,
         log_verbose: int = 0,
         exit_timeout_s: int = 5,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.repository, self.workspace, self.log_file = repository, workspace, log_file
-        self.exit_timeout_s = exit_timeout_s
-        self.ready_base = f"http://{connectable_host(http[0])}:{http[1]}"
+        self.exit_timeout_s, self.env = exit_timeout_s, dict(env or {})
+        self.http = http
         dist, _ = _wheel_dirs()
         self.cmd = [
             str(dist / "bin" / "tritonserver"),
@@ -195,7 +226,7 @@ class TritonProcess:
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
                 self.cmd,
-                env=server_env(),
+                env=server_env() | self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -212,11 +243,19 @@ class TritonProcess:
             time.sleep(0.2)
 
     def _ready(self, path: str) -> bool:
+        host, port = self.http
+        conn: http.client.HTTPConnection
+        if host.startswith("unix:"):
+            conn = _UnixHTTPConnection(host[len("unix:") :], timeout=2)
+        else:
+            conn = http.client.HTTPConnection(connectable_host(host).strip("[]"), port, timeout=2)
         try:
-            with urllib.request.urlopen(self.ready_base + path, timeout=2) as r:
-                return bool(r.status == 200)
-        except (urllib.error.URLError, OSError):
+            conn.request("GET", path)
+            return conn.getresponse().status == 200
+        except (OSError, http.client.HTTPException):
             return False
+        finally:
+            conn.close()
 
     def _why(self) -> str:
         """The first real error lines of Triton's log (what a user needs to fix a failed start)."""

@@ -89,17 +89,19 @@ def install_stub_validation(triton: Any) -> None:
         model.get_proxy_model_files = patched
 
 
-def start_pytriton(runners: Mapping[str, TailRunner], c: ServerConfig, http: tuple[str, int]) -> Any:
-    """Bind every runner to a PyTriton ``Triton`` (its HTTP on ``http``) and run it; returns it."""
+def start_pytriton(
+    runners: Mapping[str, TailRunner], c: ServerConfig, http: tuple[str, int], grpc: tuple[str, int]
+) -> Any:
+    """Bind every runner to a PyTriton ``Triton`` (its HTTP on ``http``, gRPC on ``grpc``) and run it."""
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
     triton_config = TritonConfig(
         http_address=http[0],
-        grpc_address=c.host,
+        grpc_address=grpc[0],
         metrics_address=c.host,
         http_port=http[1],
-        grpc_port=c.grpc_port,
+        grpc_port=grpc[1],
         metrics_port=c.metrics_port,
         log_verbose=c.log_verbose,
         log_file=c.log_file,

@@ -18,6 +18,11 @@ Hardening either way:
   request never fails a good one batched with it.
 * Restricted endpoints (statistics, model repository, shared memory, trace, logging) need the
   ``triton-access-token`` header; the server binds 127.0.0.1 unless told otherwise.
+* Guards (:mod:`veil.serve.guard` for HTTP, :mod:`veil.serve.grpc_guard` for gRPC) sit on the public
+  ports and refuse what would crash Triton 2.51 or fail other clients' requests (deeply nested JSON,
+  batches of 0 or 2^62, oversized messages, paths veil does not serve). With the python engine Triton
+  itself listens on Unix sockets in the private (0700) workspace, so only the guards reach it, and
+  the guards check the access token: it never appears on a command line.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from torch import nn
 
 from veil.errors import ServingError
 from veil.serve.export import ScoresTail, build_tails, frozen_for_serving, load_repository
-from veil.serve.python_backend import connectable_host, ensure_libpython_on_ld_path
+from veil.serve.python_backend import connectable_host, ensure_libpython_on_ld_path, grpc_target, unix_address
 from veil.serve.pytriton_engine import RequestHook, TailRunner, start_pytriton
 from veil.serve.validate import BASE_MODEL, MAX_BATCH_SIZE, NOISY_MODEL
 
@@ -77,8 +82,14 @@ class ServerConfig:
     threads: int = 0
     #: ``python`` engine: save every accepted activation here as ``.npy`` (audit what clients send).
     record_dir: Path | None = None
-    #: Put :class:`veil.serve.guard.HttpGuard` on the HTTP port (Triton itself on a private one).
+    #: Record quota (``record_dir``), over all model instances: stop recording past this many bytes
+    #: or files (one log line says so); serving goes on.
+    record_max_bytes: int = 1 << 30
+    record_max_files: int = 10_000
+    #: Put :class:`veil.serve.guard.HttpGuard` on the HTTP port (Triton itself on a private socket).
     http_guard: bool = True
+    #: Put :class:`veil.serve.grpc_guard.GrpcGuard` on the gRPC port (Triton itself on a private socket).
+    grpc_guard: bool = True
 
 
 @dataclass(frozen=True)
@@ -132,7 +143,7 @@ class VeilServer:
             for name, module in self.served.items()
         }
         self._triton: Any = None
-        self._guard: Any = None
+        self._guards: list[Any] = []
         self._workspace: Path | None = None
         self._token: str | None = None
 
@@ -194,20 +205,34 @@ class VeilServer:
         c = self.config
         _check_ports_free(c.host, (c.http_port, c.grpc_port, c.metrics_port))
         ensure_libpython_on_ld_path()
-        # Triton's own HTTP: the public port, or a private loopback one behind the guard
-        triton_http = ("127.0.0.1", free_ports(1)[0]) if c.http_guard else (c.host, c.http_port)
         try:
-            if c.engine == "pytriton":
-                self._triton = start_pytriton(self.runners, c, http=triton_http)
+            if c.engine == "pytriton":  # PyTriton dials Triton over TCP: private loopback ports
+                loop = [("127.0.0.1", port) for port in free_ports(2)]
+                http = loop[0] if c.http_guard else (c.host, c.http_port)
+                grpc = loop[1] if c.grpc_guard else (c.host, c.grpc_port)
+                self._triton = start_pytriton(self.runners, c, http=http, grpc=grpc)
                 self._token = self._triton.get_access_token()
             else:
                 self._token = (c.access_token or secrets.token_urlsafe(32)) if c.restrict else None
-                self._workspace = Path(tempfile.mkdtemp(prefix="veil-triton-"))
-                self._triton = self._start_python_engine(self._workspace, triton_http)
+                self._workspace = Path(tempfile.mkdtemp(prefix="veil-triton-"))  # 0700: only we connect
+                sockets = self._workspace / "s"
+                sockets.mkdir(mode=0o700)
+                http = unix_address(sockets / "http") if c.http_guard else (c.host, c.http_port)
+                grpc = unix_address(sockets / "grpc") if c.grpc_guard else (c.host, c.grpc_port)
+                self._triton = self._start_python_engine(self._workspace, http, grpc)
             if c.http_guard:
                 from veil.serve.guard import HttpGuard
 
-                self._guard = HttpGuard(c.host, c.http_port, triton_http[1]).start()
+                upstream = http[0][len("unix:") :] if http[0].startswith("unix:") else http
+                kw = {"max_batch_size": c.max_batch_size, "token": self._token}
+                self._guards.append(HttpGuard(c.host, c.http_port, upstream, **kw).start())  # type: ignore[arg-type]
+            if c.grpc_guard:
+                from veil.serve.grpc_guard import GrpcGuard
+
+                guard = GrpcGuard(
+                    c.host, c.grpc_port, grpc_target(grpc), max_batch_size=c.max_batch_size, token=self._token
+                )
+                self._guards.append(guard.start())
         except BaseException:
             self.stop()
             raise
@@ -222,15 +247,21 @@ class VeilServer:
         instances = c.instances or (2 if cores >= 2 else 1)
         return instances, c.threads or max(1, cores // instances)
 
-    def _start_python_engine(self, workspace: Path, http: tuple[str, int]) -> Any:
+    def _start_python_engine(self, workspace: Path, http: tuple[str, int], grpc: tuple[str, int]) -> Any:
         from veil.serve.python_backend import TritonProcess, write_served_repository
 
         c = self.config
         instances, threads = self.instances_and_threads()
         params = {"device": str(self.device), "threads": str(threads), "freeze": str(c.freeze).lower()}
-        if c.record_dir is not None:
+        env = {}
+        if c.record_dir is not None:  # not a config parameter: GET .../config would publish the path
             Path(c.record_dir).mkdir(parents=True, exist_ok=True)
-            params["record_dir"] = str(Path(c.record_dir).resolve())
+            stubs = instances * len(self.served)  # each backend stub keeps its share of the quota
+            env = {
+                "VEIL_RECORD_DIR": str(Path(c.record_dir).resolve()),
+                "VEIL_RECORD_MAX_BYTES": str(c.record_max_bytes // stubs),
+                "VEIL_RECORD_MAX_FILES": str(max(1, c.record_max_files // stubs)),
+            }
         repo = workspace / "model_repository"
         write_served_repository(
             repo,
@@ -241,16 +272,18 @@ class VeilServer:
             max_queue_delay_us=c.max_queue_delay_us,
             parameters=params,
         )
+        guarded = c.http_guard and c.grpc_guard  # the guards check the token: keep it off argv
         process = TritonProcess(
             repo,
             workspace,
             http=http,
-            grpc=(c.host, c.grpc_port),
+            grpc=grpc,
             metrics=(c.host, c.metrics_port),
-            access_token=self._token,
+            access_token=None if guarded else self._token,
             log_file=Path(c.log_file) if c.log_file else workspace / "triton.log",
             log_verbose=c.log_verbose,
             exit_timeout_s=c.exit_timeout_s,
+            env=env,
         )
         process.start(list(self.served))
         return process
@@ -260,8 +293,8 @@ class VeilServer:
 
     def stop(self) -> None:
         """Stop the guard, tritonserver and its backends, and delete the workspace."""
-        guard, self._guard = self._guard, None
-        if guard is not None:
+        guards, self._guards = self._guards, []
+        for guard in guards:
             guard.stop()
         triton, self._triton = self._triton, None
         if triton is not None:

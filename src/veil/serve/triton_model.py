@@ -5,13 +5,17 @@ This file is copied verbatim next to ``model.pt`` (``veil export triton --backen
 import torch. Compared with PyTriton's proxy there is no second process and no extra copy per request:
 the tensors Triton hands the stub go straight into the tail.
 
-Per request, before batching: a float input holding NaN or Inf is answered INVALID_ARG (HTTP 400) on
-its own, so one bad client never fails the good requests batched with it. Triton's frontend has already
-checked the input's name, dtype, shape, byte size and the batch limit against ``config.pbtxt``.
+Per request, before batching: a float input holding NaN or Inf, or not shaped [N, ...] with
+1 <= N <= max_batch_size, is answered INVALID_ARG (HTTP 400) on its own, so one bad client never fails
+the good requests batched with it. Triton's frontend has already checked the input's name, dtype, shape
+and byte size against ``config.pbtxt``; a batch of 0 or 2^62 slips past it and makes the Python backend
+itself refuse the whole merged batch before ``execute`` runs, which is why ``veil serve``'s guards
+refuse such requests on both protocols before they reach Triton (``veil.serve.checks``).
 
 Parameters (``config.pbtxt``): ``device`` (cpu, cuda), ``threads`` (PyTorch CPU threads, 0 = default),
-``freeze`` (``false`` keeps the TorchScript as saved), ``record_dir`` (save every accepted activation
-there as ``.npy``: an audit of what clients send).
+``freeze`` (``false`` keeps the TorchScript as saved). Environment (not published by ``GET .../config``):
+``VEIL_RECORD_DIR`` saves every accepted activation there as ``.npy`` (an audit of what clients send),
+until this instance has written ``VEIL_RECORD_MAX_BYTES`` bytes or ``VEIL_RECORD_MAX_FILES`` files.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 import uuid
 from typing import Any
@@ -55,8 +60,12 @@ class TritonPythonModel:
         threads = int(_param(config, "threads", "0") or 0)
         if threads > 0:
             torch.set_num_threads(threads)
-        record = _param(config, "record_dir", "")
-        self.record_dir = record or None
+        self.max_batch = int(config.get("max_batch_size", 0))
+        self.record_dir = os.environ.get("VEIL_RECORD_DIR") or None
+        self.record_left = [
+            int(os.environ.get("VEIL_RECORD_MAX_BYTES", 1 << 30)),
+            int(os.environ.get("VEIL_RECORD_MAX_FILES", 10_000)),
+        ]
         path = os.path.join(args["model_repository"], args["model_version"], MODEL_FILE)
         module = torch.jit.load(path, map_location=self.device).eval()
         if _param(config, "freeze", "true").lower() != "false":
@@ -65,8 +74,20 @@ class TritonPythonModel:
         self.tail = module
 
     def _record(self, array: np.ndarray) -> None:
-        """Write atomically: a reader of ``record_dir`` never sees half an array."""
+        """Write atomically (a reader of ``record_dir`` never sees half an array), within the quota."""
         assert self.record_dir is not None
+        size = array.nbytes + 128  # .npy header
+        if size > self.record_left[0] or self.record_left[1] < 1:
+            print(
+                f"veil: record quota reached in {self.name}: no more activations are recorded "
+                "(raise --record-max-mb / --record-max-files, or empty the folder and restart)",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.record_dir = None  # once: serving goes on without recording
+            return
+        self.record_left[0] -= size
+        self.record_left[1] -= 1
         fd, tmp = tempfile.mkstemp(dir=self.record_dir, prefix=".part-", suffix=".npy")
         with os.fdopen(fd, "wb") as f:
             np.save(f, array)
@@ -78,6 +99,9 @@ class TritonPythonModel:
         for i, request in enumerate(requests):
             # Triton's frontend has checked name, dtype and shape; the values are ours to check
             array = pb_utils.get_input_tensor_by_name(request, INPUT).as_numpy()
+            if array.ndim != 4 or not 1 <= array.shape[0] <= (self.max_batch or array.shape[0]):
+                answers[i] = _invalid(f"input {INPUT!r}: batch size must be 1..{self.max_batch}")
+                continue
             if not np.isfinite(array).all():
                 answers[i] = _invalid(f"input {INPUT!r} contains NaN or Inf values")
                 continue
