@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import struct
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,6 +19,10 @@ from torch import Tensor, nn
 from veil.errors import CheckpointError
 
 KeyMap = Callable[[str], str]
+
+#: What torch.save writes: a zip archive (PyTorch >= 1.6), or a legacy pickle (protocol 2 to 5).
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTOCOLS = (b"\x02", b"\x03", b"\x04", b"\x05")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -64,15 +69,29 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(f"weights file not found: {path} (pass --weights with the path to a .pth file)")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty (truncated download?)")
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    if not (head.startswith(ZIP_MAGIC) or (head[:1] == b"\x80" and head[1:2] in PICKLE_PROTOCOLS)):
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint (one is written by torch.save: a zip archive, or a pickle "
+            f"of tensors in the legacy format; this file starts with {head!r}): check --weights"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: refused, it holds more than tensors ({first[:120]})") from exc
+        if "Unsupported global" in str(exc):  # a class or function: code, not tensors
+            raise CheckpointError(f"{path}: refused, it holds more than tensors ({first[:120]})") from exc
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, corrupt pickle") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({first[:120]})"
+        ) from exc
+    except (KeyError, IndexError, TypeError, AttributeError, struct.error, UnicodeDecodeError) as exc:
+        # what the unpickler raises on bytes that only start like a pickle (e.g. "pop from empty list")
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint, corrupt ({type(exc).__name__}: {str(exc)[:80]})"
         ) from exc
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
