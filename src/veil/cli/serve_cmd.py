@@ -35,7 +35,10 @@ def run_server(
     engine: str = "python",
     threads: int | None = None,
     record: Path | None = None,
+    record_max_mb: int = 1024,
+    record_max_files: int = 10_000,
     http_guard: bool = True,
+    grpc_guard: bool = True,
 ) -> None:
     """The command's body: serve until SIGINT/SIGTERM. ``tail_state_dict`` = the noise-trained tail."""
     from veil.serve.server import ServerConfig, VeilServer
@@ -56,7 +59,10 @@ def run_server(
         engine=engine,
         threads=threads or 0,
         record_dir=record,
+        record_max_bytes=record_max_mb << 20,
+        record_max_files=record_max_files,
         http_guard=http_guard,
+        grpc_guard=grpc_guard,
     )
     if model_repository is not None:
         server = VeilServer.from_repository(model_repository, config, device=device)
@@ -84,15 +90,23 @@ def run_server(
             typer.echo(line)
         typer.echo(f"models: {', '.join(srv.served)}; {source}; engine {engine}")
         if record is not None:
-            typer.echo(f"recording every accepted activation to {record}")
+            typer.echo(
+                f"recording every accepted activation to {record} "
+                f"(at most {record_max_mb} MB / {record_max_files} files, then one log line and no more)"
+            )
         if no_auth:
             typer.echo("access token: none (restricted endpoints are open: --no-auth)")
         elif access_token:
             typer.echo("access token: as given (header triton-access-token)")
         else:
             typer.echo(f"access token (header triton-access-token, for statistics etc.): {ep.access_token}")
-        if not http_guard:
-            typer.echo("warning: --no-http-guard: a JSON part over ~4 MB crashes Triton 2.51", err=True)
+        for flag, on in (("--no-http-guard", http_guard), ("--no-grpc-guard", grpc_guard)):
+            if not on:
+                typer.echo(
+                    f"warning: {flag}: Triton 2.51 is exposed (deeply nested JSON kills it; a batch of 0 "
+                    "fails the requests batched with it; the access token is on its command line)",
+                    err=True,
+                )
         if host not in ("127.0.0.1", "localhost", "::1"):
             typer.echo(f"warning: listening on {host}: reachable from other machines", err=True)
         typer.echo("serving; Ctrl+C or SIGTERM stops", err=True)
@@ -141,10 +155,21 @@ def serve(
     record: Path | None = typer.Option(
         None, help="python engine: save every accepted activation here as .npy (audit what arrives)."
     ),
+    record_max_mb: int = typer.Option(
+        1024, min=1, help="--record quota: stop recording after this many MB (split across model instances)."
+    ),
+    record_max_files: int = typer.Option(
+        10_000, min=1, help="--record quota: stop recording after this many files."
+    ),
     http_guard: bool = typer.Option(
         True,
         "--http-guard/--no-http-guard",
-        help="Refuse HTTP requests that crash Triton 2.51 (JSON parts over ~4 MB) in front of it (~2-4 ms).",
+        help="Check HTTP requests in front of Triton 2.51 (nested JSON, batch sizes, paths, token).",
+    ),
+    grpc_guard: bool = typer.Option(
+        True,
+        "--grpc-guard/--no-grpc-guard",
+        help="Check gRPC requests in front of Triton 2.51 (message size, batch sizes, token).",
     ),
 ) -> None:
     """Start Triton serving face_detection_base and face_detection_noisy until Ctrl+C."""
@@ -167,5 +192,8 @@ def serve(
         engine=engine,
         threads=threads,
         record=record,
+        record_max_mb=record_max_mb,
+        record_max_files=record_max_files,
         http_guard=http_guard,
+        grpc_guard=grpc_guard,
     )
