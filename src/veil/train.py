@@ -14,6 +14,7 @@ carrying what rebuilds a face. Works under ``torchrun`` (DDP; gloo on CPU).
 from __future__ import annotations
 
 import csv
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,7 +38,7 @@ from veil.models.checkpoint import sha256_file
 from veil.noise import Granularity, NoiseTransform
 from veil.split import head_blocks_available, split_block
 from veil.train_cache import Cache, cache_metrics, encode, prepare_cache, task_loss
-from veil.train_init import carry_release_log, start_from
+from veil.train_init import carry_release_log, check_numbers, save_checkpoint, start_from, work_folder
 
 
 @dataclass
@@ -94,6 +95,7 @@ class TrainConfig:
         from veil.data.labels import PARTS
 
         check_device(self.device)
+        check_numbers(self)
         if self.task not in TASKS:
             raise InputError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.task == "mixed" and not self.labels:
@@ -229,32 +231,25 @@ class _Trainable(nn.Module):
         return out
 
 
-def _save_checkpoint(
-    path: Path, step: int, module: _Trainable, opt: torch.optim.Optimizer, attacker: OnlineAttacker | None
-) -> None:
-    tmp = path.with_suffix(".tmp")
-    state = {"step": step, "module": module.state_dict(), "optimizer": opt.state_dict()}
-    if attacker is not None:
-        state["attacker"] = attacker.state_dict()
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def train(
     cfg: TrainConfig, out: str | Path, progress: bool = True, stop_after: int | None = None
 ) -> dict[str, Any]:
     """Train a transform and write it to ``out``; returns its final metrics.
 
     Progress is checkpointed beside ``out``; a rerun resumes there. ``stop_after`` ends this run early
-    at that step (leaving only the checkpoint), e.g. to fit a time-boxed job.
+    at that step (leaving only the checkpoint). A run failing before its first checkpoint leaves nothing.
     """
     rank, world = _dist_info()
-    dev = torch.device(cfg.device)
-    if dev.type != "cpu" and world > 1:
+    if torch.device(cfg.device).type != "cpu" and world > 1:
         raise InputError("--device cuda runs one process: leave out torchrun, or train on CPUs under it")
-    out = Path(out)
-    work = out.with_name(f".{out.name}.work")
-    work.mkdir(parents=True, exist_ok=True)
+    with work_folder(Path(out)) as work:
+        return _run(cfg, Path(out), work, rank, world, progress, stop_after)
+
+
+def _run(
+    cfg: TrainConfig, out: Path, work: Path, rank: int, world: int, progress: bool, stop_after: int | None
+) -> dict[str, Any]:
+    dev = torch.device(cfg.device)
     torch.manual_seed(cfg.seed + rank)
     spec = get_spec(cfg.model)
     model = create_model(cfg.model, cfg.weights).to(dev)
@@ -345,12 +340,16 @@ def train(
         loss.backward()
         opt.step()
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            if not math.isfinite(loss.item()):  # never checkpoint or save a diverged run
+                ckpt.unlink(missing_ok=True)
+                msg = f"training diverged at step {step + 1} (loss {loss.item()}): nothing was written"
+                raise InputError(msg + "; lower --lr-tail / --lr-head (or --adversary-weight) and rerun")
             sigma = float(noise.batch_sigma().detach().mean())  # conditional: this batch's
             log.writerow([step + 1, loss.item(), task.item(), priv.item(), sigma, attack_vs_floor])
             log_file.flush()
             bar.set_postfix(loss=f"{loss.item():.3f}", task=f"{task.item():.3f}", sigma=f"{sigma:.3f}")
             if rank == 0:
-                _save_checkpoint(ckpt, step + 1, module, opt, attacker)
+                save_checkpoint(ckpt, step + 1, module, opt, attacker)
         if stop_after is not None and step + 1 >= stop_after:
             log_file.close()
             return {"stopped_at": step + 1}

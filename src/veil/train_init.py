@@ -9,15 +9,19 @@ the user can afford, without touching the privacy the audit measured.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from veil.artifact import Transform, load_transform, release_digest
-from veil.errors import TransformError
+from veil.errors import InputError, TransformError
 from veil.models.adapter import fit_tail
 from veil.noise import NoiseTransform
 
@@ -97,3 +101,67 @@ def carry_release_log(source: Path, out: Path) -> None:
             shutil.copyfile(source / name, tmp)
             os.replace(tmp, out / RELEASE_LOG)
             return
+
+
+# -- the run's bookkeeping: numbers it accepts, the work folder beside ``out`` -------------------
+def check_numbers(cfg: TrainConfig) -> None:
+    """Counts, sizes and rates finite and in range (the CLI's options say the same; this covers callers)."""
+    counts = {
+        "--steps": cfg.steps,
+        "--batch-size": cfg.batch_size,
+        "--adversary-photos": cfg.adversary_photos,
+    }
+    counts |= {"log_every": cfg.log_every}
+    for option, value in counts.items():
+        if value < 1:
+            raise InputError(f"{option} must be >= 1, got {value}")
+    if cfg.seed < 0:
+        raise InputError(f"--seed must be >= 0, got {cfg.seed}")
+    if not 32 <= cfg.input_size <= 4096 or cfg.input_size % 32:
+        raise InputError(f"--size must be a multiple of 32 from 32 to 4096, got {cfg.input_size}")
+    positive = {"--lr-tail": cfg.lr_tail, "--lr-head": cfg.lr_head, "lr_noise": cfg.lr_noise}
+    positive |= {"--smax-factor": cfg.smax_factor, "--suppress-factor": cfg.suppress_factor}
+    positive |= {"--label-weight": cfg.label_weight}
+    for option, number in positive.items():
+        if not (math.isfinite(number) and number > 0):
+            raise InputError(f"{option} must be a finite number > 0, got {number}")
+    shares = {
+        "--alpha": (cfg.alpha, cfg.alpha < 1),
+        "suppress_from": (cfg.suppress_from, cfg.suppress_from <= 1),
+    }
+    shares |= {"--adversary-weight": (cfg.adversary_weight, True)}
+    for option, (number, below_top) in shares.items():
+        if not (math.isfinite(number) and number >= 0 and below_top):
+            top = {"--alpha": " and < 1", "suppress_from": " and <= 1"}.get(option, "")
+            raise InputError(f"{option} must be a finite number >= 0{top}, got {number}")
+
+
+@contextlib.contextmanager
+def work_folder(out: Path) -> Iterator[Path]:
+    """``.<out>.work`` beside ``out`` (checkpoint and log, so a rerun resumes). A run that fails before
+    its first checkpoint leaves nothing behind: its log, the folder and any parent it created go."""
+    work = out.with_name(f".{out.name}.work")
+    created = [p for p in (work, *work.parents) if not p.exists()]
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    except BaseException:
+        if not (work / "checkpoint.pt").is_file():  # nothing to resume from
+            for log in work.glob("train_log*.csv"):
+                log.unlink(missing_ok=True)
+            for folder in created:  # deepest first; a folder another rank still uses stays
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        raise
+
+
+def save_checkpoint(
+    path: Path, step: int, module: nn.Module, opt: torch.optim.Optimizer, attacker: Any
+) -> None:
+    """The run's state at ``step``, written atomically (temp file, then rename)."""
+    tmp = path.with_suffix(".tmp")
+    state = {"step": step, "module": module.state_dict(), "optimizer": opt.state_dict()}
+    if attacker is not None:
+        state["attacker"] = attacker.state_dict()
+    torch.save(state, tmp)
+    os.replace(tmp, path)
