@@ -3,7 +3,8 @@
 It mirrors the reference design end to end on one machine: the tail runs in Triton (the server in
 the nvidia-pytriton wheel, on 127.0.0.1), the client runs preprocessing, the head and the noise, and
 only the released tensor crosses. It prints the reference design's accuracy table and writes, per
-image, a picture with the clean boxes, the obfuscated boxes and what left the machine.
+image and transform, a picture: the clean boxes, the transform's boxes, what left the machine and what
+the shipped reconstruction attacker rebuilds from that very tensor (``veil.demo_picture``).
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
-from torchvision.utils import make_grid
 
-from veil.artifact import Transform, load_transform, shipped_transforms
+from veil.artifact import Transform, load_transform, release_digest, shipped_transforms
+from veil.audit.attack import Attacker, reconstruct
 from veil.data import load_dataset
+from veil.demo_picture import Panels, save_picture
 from veil.errors import VeilError
 from veil.eval.runner import evaluate_draws
-from veil.imageio import draw_detections, load_image, save_png
+from veil.imageio import load_image
 
 
 @dataclass
@@ -32,28 +32,18 @@ class DemoRow:
     pooled_std: float
 
 
-def released_picture(released: Tensor, height: int) -> Tensor:
-    """What left the machine, as a picture: 16 of its channels tiled, each min-max scaled (uint8 RGB)."""
-    import matplotlib
-
-    channels = released[0, :16].float()
-    lo = channels.amin(dim=(1, 2), keepdim=True)
-    hi = channels.amax(dim=(1, 2), keepdim=True)
-    tiles = ((channels - lo) / (hi - lo).clamp_min(1e-6)).unsqueeze(1)
-    grid = make_grid(tiles, nrow=4, padding=1, pad_value=1.0)[0]
-    rgb = torch.from_numpy(matplotlib.colormaps["viridis"](grid.numpy())[..., :3]).permute(2, 0, 1)
-    side = height
-    rgb = F.interpolate(rgb[None].float(), size=(side, side), mode="nearest")[0]
-    return (rgb * 255).round().to(torch.uint8)
+def say(message: str) -> None:
+    """What the demo is doing, before each long step (flushed: progress bars write to stderr)."""
+    print(message, flush=True)
 
 
-def side_by_side(image: Tensor, clean: Tensor, noisy: Tensor, released: Tensor) -> Tensor:
-    """[clean boxes | obfuscated boxes | released tensor], one uint8 picture."""
-    strong_clean, strong_noisy = clean[clean[:, 4] > 0.5], noisy[noisy[:, 4] > 0.5]
-    left = draw_detections(image, strong_clean, color="lime")
-    middle = draw_detections(image, strong_noisy, color="red")
-    right = released_picture(released, image.shape[1])
-    return torch.cat([left, middle, right], dim=2)
+def shipped_attacker(tr: Transform) -> Attacker | None:
+    """The attacker veil ships for this transform's exact release (by digest), else None."""
+    from veil.assets import attacker_for
+    from veil.audit.store import load_attacker
+
+    path = attacker_for(release_digest(tr))
+    return None if path is None else load_attacker(path)
 
 
 def run_demo(
@@ -74,8 +64,11 @@ def run_demo(
     paths = transforms if transforms else sorted(shipped_transforms().values())
     if not paths:
         raise VeilError("no transforms to demonstrate: pass --transform DIR (train one with `veil train`)")
+    say(f"Loading the weights ({weights}) and {len(paths)} transform(s)")
     loaded: list[Transform] = [load_transform(p, weights) for p in paths]
     data = load_dataset(dataset)
+    faces = sum(len(item.boxes) for item in data.images)
+    say(f"Data: {dataset} ({len(data.images)} images, {faces} faces)")
     base_head, base_tail = split_model(
         create_model("faceboxes", weights), get_spec("faceboxes").default_split
     )
@@ -90,14 +83,16 @@ def run_demo(
     log = out / "triton.log"  # Triton's own log, out of the way of the table
     config = ServerConfig(http_port=http, grpc_port=grpc, metrics_port=metrics, log_file=log.resolve())
     rows: list[DemoRow] = []
+    say(f"Starting Triton on 127.0.0.1 with {len(tails)} models (its log: {log})")
     with VeilServer(tails, config) as server:
-        print("Server endpoints:", *server.endpoints.lines(), sep="\n  ")
+        print("Server endpoints:", *server.endpoints.lines(), sep="\n  ", flush=True)
         url = server.endpoints.http
         token = server.access_token
         clean_client = VeilClient(
             url, model=BASE_MODEL, head=base_head.eval(), allow_clean=True, access_token=token
         )
-        summary, clean_preds = evaluate_draws(data, clean_client.detect, draws=1, progress=progress)
+        say("Evaluating clean (no noise) through Triton")
+        summary, clean_preds = evaluate_draws(data, clean_client.detect, 1, progress=progress, desc="clean")
         rows.append(DemoRow(None, BASE_MODEL, summary.mean.average_ap, summary.mean.pooled_ap, 0.0))
         clean_by_name = {p.name: p for p in clean_preds}
         clients = [clean_client]
@@ -105,22 +100,34 @@ def run_demo(
             client = VeilClient(
                 url, model=name, head=transform_head(weights, tr), noise=tr.noise, access_token=token
             )
-            summary, preds = evaluate_draws(data, client.detect, draws=draws, progress=progress)
+            label = f"α = {tr.alpha:g}"
+            say(f"Evaluating {label} ({tr.path.name if tr.path else name}), {draws} noise draw(s)")
+            summary, _ = evaluate_draws(data, client.detect, draws=draws, progress=progress, desc=label)
             pooled = summary.pooled
             std = float(pooled.std(ddof=1)) if len(pooled) > 1 else 0.0
             rows.append(DemoRow(tr.alpha, name, summary.mean.average_ap, summary.mean.pooled_ap, std))
             clients.append(client)
-            for item, pred in zip(data.images, preds, strict=True):
+            attacker = shipped_attacker(tr)
+            rebuilt = (
+                "with the shipped attacker's reconstructions" if attacker else "(no attacker ships for it)"
+            )
+            say(f"Drawing {label}'s pictures {rebuilt}")
+            for item in data.images:
                 image = load_image(item.path)
-                sent, _ = client.release([image])
-                picture = side_by_side(
-                    image,
-                    torch.from_numpy(clean_by_name[item.name].detections).float(),
-                    torch.from_numpy(pred.detections).float(),
-                    sent,
+                noisy = client.detect([image])[0]  # one draw: its boxes, its tensor, its reconstruction
+                assert client.last_sent is not None
+                sent = torch.from_numpy(client.last_sent)  # exactly what went on the wire
+                panels = Panels(
+                    image=image,
+                    clean=torch.from_numpy(clean_by_name[item.name].detections).float(),
+                    noisy=noisy.detach().float().cpu(),
+                    released=sent,
+                    keep=tr.noise.keep,
+                    alpha=tr.alpha,
+                    reconstruction=None if attacker is None else reconstruct(sent, attacker)[0],
                 )
                 stem = item.name.replace("/", "_")
-                save_png(picture, out / f"{stem}_alpha{tr.alpha:g}.png")
+                save_picture(panels, out / f"{stem}_alpha{tr.alpha:g}.png")
         for name in tails:
             clients.append(VeilClient(url, model=name, allow_clean=True, access_token=token))
             model_stats = clients[-1].statistics().get("model_stats", [{}])[0]
@@ -130,6 +137,7 @@ def run_demo(
             )
         for c in clients:  # idle keep-alive connections would hold up Triton's shutdown
             c.close()
+        say("Stopping Triton")
     return rows
 
 

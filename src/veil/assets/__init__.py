@@ -20,7 +20,7 @@ from pathlib import Path
 from veil.errors import CheckpointError, VeilError
 
 ASSETS_DIR = Path(__file__).resolve().parent
-SUMS = ASSETS_DIR / "SHA256SUMS"
+SUMS = "SHA256SUMS"
 WEIGHTS = "faceboxes/FaceBoxes.pth"
 SAMPLE = "fddb-sample"
 ATTACKERS = "attackers/attackers.json"
@@ -35,11 +35,10 @@ __all__ = [
 ]
 
 
-@cache
 def _sums() -> dict[str, str]:
     """``SHA256SUMS`` as {relative path: hex digest}."""
     out = {}
-    for line in SUMS.read_text().splitlines():
+    for line in (ASSETS_DIR / SUMS).read_text().splitlines():
         digest, _, name = line.partition("  ")
         if name:
             out[name.strip()] = digest.strip().lower()

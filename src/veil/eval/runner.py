@@ -147,10 +147,13 @@ def evaluate(
     batch_size: int = 1,
     progress: bool = True,
     use_ignore: bool = False,
+    desc: str | None = None,
 ) -> tuple[EvalResult, list[ImagePrediction]]:
-    """:func:`predict` then :func:`summarize`, timed."""
+    """:func:`predict` then :func:`summarize`, timed; ``desc`` labels the progress bar."""
     start = time.perf_counter()
-    preds = predict(dataset, detect, batch_size=batch_size, progress=progress, use_ignore=use_ignore)
+    preds = predict(
+        dataset, detect, batch_size=batch_size, progress=progress, desc=desc, use_ignore=use_ignore
+    )
     return summarize(preds, seconds=time.perf_counter() - start), preds
 
 
@@ -217,12 +220,14 @@ def evaluate_draws(
     batch_size: int = 1,
     progress: bool = True,
     use_ignore: bool = False,
+    desc: str | None = None,
 ) -> tuple[DrawSummary, list[ImagePrediction]]:
     """Run ``draws`` times (fresh noise each time) and average fold APs, pooled AP and ROC TPR."""
     runs = []
     first: list[ImagePrediction] = []
-    for _d in range(max(1, draws)):
-        result, preds = evaluate(dataset, detect, batch_size, progress, use_ignore)
+    for d in range(max(1, draws)):
+        label = f"{desc}, draw {d + 1}/{draws}" if desc and draws > 1 else desc
+        result, preds = evaluate(dataset, detect, batch_size, progress, use_ignore, label)
         runs.append(result)
         first = first or preds
     folds = {g: float(np.mean([r.folds[g] for r in runs])) for g in runs[0].folds}
