@@ -27,6 +27,8 @@ from veil.serve.validate import ACCESS_HEADER, MAX_BATCH_SIZE
 SERVICE = "inference.GRPCInferenceService"
 #: Concurrent calls being relayed; more wait in gRPC's queue (each holds one worker while Triton works).
 WORKERS = 32
+#: How long Triton may take to answer one call (as the HTTP guard's UPSTREAM_TIMEOUT_S).
+UPSTREAM_TIMEOUT_S = 300.0
 log = logging.getLogger("veil.serve.grpc_guard")
 
 
@@ -63,9 +65,10 @@ class GrpcGuard:
                 problem = self._infer_problem(request)
                 if problem is not None:
                     self._refuse(context, method, grpc.StatusCode.INVALID_ARGUMENT, problem)
-            remaining = context.time_remaining()
+            remaining = context.time_remaining()  # no client deadline: a huge number
+            timeout = UPSTREAM_TIMEOUT_S if remaining is None else min(remaining, UPSTREAM_TIMEOUT_S)
             try:
-                return call(request, metadata=metadata, timeout=remaining)
+                return call(request, metadata=metadata, timeout=timeout)
             except grpc.RpcError as exc:  # Triton's own answer (an error status), passed on as is
                 context.abort(exc.code(), exc.details() or "")
                 raise  # unreachable: abort raises
