@@ -8,20 +8,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from veil.client import VeilClient
+from veil.noise import NoiseTransform
 from veil.serve.validate import ACTIVATION_DIMS
 
 TOKEN = "test-token-0123456789"
 ACT_BYTES = int(np.prod(ACTIVATION_DIMS)) * 4
 
 
-class FixedNoise(nn.Module):
-    """Adds one pre-sampled tensor: local and remote paths see exactly the same noise."""
+class FixedNoise(NoiseTransform):
+    """Adds one pre-sampled tensor of std ``sigma``: local and remote paths see exactly the same noise.
 
-    def __init__(self, sample: torch.Tensor) -> None:
-        super().__init__()
+    A NoiseTransform (the client sends only those), declaring the σ its sample was drawn with.
+    """
+
+    def __init__(self, sample: torch.Tensor, sigma: float = 0.5) -> None:
+        super().__init__(tuple(sample.shape[1:]), smin=sigma, smax=sigma * (1 + 1e-6))
         self.sample = sample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,16 @@
 """The trusted side of remote inference: image -> head -> noise locally, only ``INPUT__0`` on the wire.
 
 :class:`VeilClient` talks to Triton (``veil serve`` or any Triton serving an exported repository) with
-``tritonclient`` over HTTP or gRPC, binary tensors only. It refuses to put a clean activation on the
-wire unless built with ``allow_clean=True``: without a noise module it will not even start, and a noise
-module that leaves the activation unchanged is caught before sending. ``last_sent`` holds a copy of
-exactly what the last request carried, so tests (and the curious) can check what left the machine.
+``tritonclient`` over HTTP or gRPC (``https://`` and ``grpcs://`` over TLS, verified against the system's
+or ``ca_cert``'s roots; never downgraded), binary tensors only.
+
+It only sends what its own head and noise produced from images (:meth:`detect`); :meth:`infer`, which sends
+a caller's tensor, needs ``allow_clean=True``. Without a noise module it will not start unless allowed, and
+before each request it checks that the noise is a real :class:`~veil.noise.NoiseTransform` whose σ is not
+below the transform's recorded floor (nor negligible against the activation). Built from a transform
+(``transform=``), the head comes from that transform (its split and fine-tuned block, checked against its
+recorded head fingerprint) and ``expect_release`` pins the audited release digest. ``last_sent`` holds a
+copy of exactly what the last request carried, so tests (and the curious) can check what left the machine.
 
 One client per thread: tritonclient's connections are not meant to be shared across threads.
 """
@@ -19,9 +25,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from veil.artifact import Transform, check_release, load_transform, state_fingerprint
 from veil.detect import PostProcess
 from veil.errors import ServingError
 from veil.imageio import FACEBOXES_MEAN_BGR, Batch, preprocess
+from veil.noise import NoiseTransform
 from veil.serve.export import scores_to_logits
 from veil.serve.validate import (
     ACCESS_HEADER,
@@ -36,22 +44,29 @@ from veil.serve.validate import (
 )
 
 PROTOCOLS = ("http", "grpc")
+TLS_SCHEMES = {"https": "http", "grpcs": "grpc"}
+#: Noise whose mean σ is below this share of the activation's RMS (SNR above 60 dB) is no noise at all.
+NEGLIGIBLE = 1e-3
 
 
-def _split_url(url: str, protocol: str | None) -> tuple[str, str]:
-    """('host:port', protocol) from 'host:port', 'http://host:port' or 'grpc://host:port'."""
+def _split_url(url: str, protocol: str | None) -> tuple[str, str, bool]:
+    """('host:port', protocol, tls) from 'host:port' or 'http(s)://host:port' or 'grpc(s)://host:port'."""
     scheme, sep, rest = url.partition("://")
+    tls = False
     if sep:
-        if scheme not in (*PROTOCOLS, "https"):
-            raise ServingError(f"unsupported URL scheme {scheme!r} in {url!r}: use http:// or grpc://")
-        scheme = "http" if scheme == "https" else scheme
+        if scheme not in (*PROTOCOLS, *TLS_SCHEMES):
+            raise ServingError(
+                f"unsupported URL scheme {scheme!r} in {url!r}: use http://, https://, grpc:// or grpcs://"
+            )
+        tls = scheme in TLS_SCHEMES
+        scheme = TLS_SCHEMES.get(scheme, scheme)
         if protocol is not None and protocol != scheme:
             raise ServingError(f"URL {url!r} says {scheme} but protocol={protocol!r}")
         protocol, url = scheme, rest
     protocol = protocol or "http"
     if protocol not in PROTOCOLS:
         raise ServingError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    return url.rstrip("/"), protocol
+    return url.rstrip("/"), protocol, tls
 
 
 def _head_from_weights(weights: str | Path) -> nn.Module:
@@ -59,6 +74,32 @@ def _head_from_weights(weights: str | Path) -> nn.Module:
 
     head, _ = split_model(create_model("faceboxes", weights), get_spec("faceboxes").default_split)
     return head.to(memory_format=torch.channels_last)
+
+
+def _transform_parts(
+    transform: Transform | str | Path,
+    head: nn.Module | None,
+    weights: str | Path | None,
+    expect_release: str | None,
+) -> tuple[Transform, nn.Module]:
+    """The transform and the head that goes with it: built from it, or ``head`` checked against it."""
+    from veil.pipeline import transform_head
+
+    tr = transform if isinstance(transform, Transform) else load_transform(transform, weights)
+    check_release(tr, expect_release, str(tr.path or "transform"))
+    if head is None:
+        if weights is None:
+            raise ServingError(
+                "VeilClient(transform=...) needs weights=... (the base checkpoint) for its head"
+            )
+        return tr, transform_head(weights, tr)
+    want = tr.meta.get("head_sha256")
+    if want and state_fingerprint(head) != want:
+        raise ServingError(
+            f"the head given is not the one transform {tr.path or ''} was made for (split "
+            f"{tr.meta.get('split')!r}, its fine-tuned block): pass weights=... and let the client build it"
+        )
+    return tr, head
 
 
 class VeilClient:
@@ -73,18 +114,44 @@ class VeilClient:
         noise: nn.Module | None = None,
         head: nn.Module | None = None,
         weights: str | Path | None = None,
+        transform: Transform | str | Path | None = None,
+        expect_release: str | None = None,
         allow_clean: bool = False,
         timeout: float = 30.0,
         access_token: str | None = None,
         post: PostProcess | None = None,
         max_batch_size: int = MAX_BATCH_SIZE,
+        ca_cert: str | Path | None = None,
     ) -> None:
+        self.sigma_floor: float | None = None
+        if transform is not None:
+            if noise is not None:
+                raise ServingError("give transform=... or noise=..., not both (the noise comes from it)")
+            tr, head = _transform_parts(transform, head, weights, expect_release)
+            noise, self.sigma_floor = tr.noise, tr.meta.get("sigma_floor")
+        elif expect_release is not None:
+            raise ServingError("expect_release needs transform=...: only a transform records its release")
+        elif noise is not None and head is None and weights is not None:
+            raise ServingError(
+                "weights=... with noise=... would guess the head: pass transform=... (its head is built "
+                "for its split) or head=..."
+            )
         if noise is None and not allow_clean:
             raise ServingError(
                 "no noise transform given: refusing to send clean activations "
-                "(pass noise=..., or allow_clean=True to use the base model knowingly)"
+                "(pass transform=... or noise=..., or allow_clean=True to use the base model knowingly)"
             )
-        self.url, self.protocol = _split_url(url, protocol)
+        if noise is not None and not allow_clean and not isinstance(noise, NoiseTransform):
+            raise ServingError(
+                f"noise must be a veil NoiseTransform, not {type(noise).__name__}: its σ is checked before "
+                "sending (or pass allow_clean=True)"
+            )
+        self.url, self.protocol, self.tls = _split_url(url, protocol)
+        if ca_cert is not None and not self.tls:
+            raise ServingError("ca_cert is for TLS: use an https:// or grpcs:// URL")
+        if ca_cert is not None and not Path(ca_cert).is_file():
+            raise ServingError(f"CA certificate not found: {ca_cert}")
+        self.ca_cert = None if ca_cert is None else str(ca_cert)
         self.model = model or (NOISY_MODEL if noise is not None else BASE_MODEL)
         self.noise, self.allow_clean, self.timeout = noise, allow_clean, float(timeout)
         self.max_batch_size = max_batch_size
@@ -92,7 +159,7 @@ class VeilClient:
         key = ACCESS_HEADER if self.protocol == "http" else f"triton-grpc-protocol-{ACCESS_HEADER}"
         self.headers = {key: access_token} if access_token else None
         if head is None and weights is not None:
-            head = _head_from_weights(weights)
+            head = _head_from_weights(weights)  # clean use only: with noise, the head comes from a transform
         self.head = head
         # Decoding only: no Detector here, whose detect() would run the tail on the clean activation.
         self.post = post or PostProcess()
@@ -108,13 +175,18 @@ class VeilClient:
                 if self.protocol == "http":
                     import tritonclient.http as tc
 
+                    tls: dict[str, Any] = {"ssl": True} if self.tls else {}
+                    if self.ca_cert:
+                        tls["ssl_options"] = {"ca_certs": self.ca_cert}
                     self._client = tc.InferenceServerClient(
-                        self.url, connection_timeout=self.timeout, network_timeout=self.timeout
+                        self.url, connection_timeout=self.timeout, network_timeout=self.timeout, **tls
                     )
                 else:
                     import tritonclient.grpc as tg
 
-                    self._client = tg.InferenceServerClient(self.url)
+                    self._client = tg.InferenceServerClient(
+                        self.url, ssl=self.tls, root_certificates=self.ca_cert
+                    )
             except Exception as exc:
                 raise ServingError(f"cannot create a {self.protocol} client for {self.url}: {exc}") from exc
         return self._client
@@ -172,8 +244,17 @@ class VeilClient:
     def infer(self, activation: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
         """Send an activation batch as-is -> (loc, conf logits), the tail's signature.
 
-        The low-level call: it sends what it is given. :meth:`detect` is the one that applies the noise.
+        The low-level call sends what it is given, so it needs ``allow_clean=True``; :meth:`detect` is the
+        one that runs the head and the noise.
         """
+        if not self.allow_clean:
+            raise ServingError(
+                "infer() sends a tensor as given: use detect(images), which adds the noise, "
+                "or build the client with allow_clean=True"
+            )
+        return self._infer(activation)
+
+    def _infer(self, activation: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
         x = activation.detach().cpu().float().numpy() if isinstance(activation, Tensor) else activation
         x = np.ascontiguousarray(x, dtype=np.float32)
         locs, scores = [], []
@@ -225,15 +306,41 @@ class VeilClient:
         clean = self.head(batch.tensor)
         if self.noise is None:
             return clean, batch
+        if not self.allow_clean:
+            self._check_noise(clean)
         sent = self.noise(clean.clone())  # a clone: an in-place noise must not alter the reference
         if not self.allow_clean and torch.equal(sent, clean):
             raise ServingError("the noise transform left the activation unchanged: refusing to send it clean")
         return sent, batch
 
+    def _check_noise(self, clean: Tensor) -> None:
+        """Refuse degenerate noise: σ below the release's recorded floor, or negligible for ``clean``."""
+        noise = self.noise
+        assert isinstance(noise, NoiseTransform)  # checked when built
+        sigma = (
+            noise.sigma(clean).expand_as(clean) if noise.conditional else noise.sigma().expand(noise.shape)
+        )
+        kept = sigma[noise.keep.expand_as(sigma)]
+        if not kept.numel():
+            return  # every element suppressed: only the constant mu is sent
+        floor = self.sigma_floor
+        low = float(kept.min())
+        if floor is not None and low < floor * (1 - 1e-5):
+            raise ServingError(
+                f"the noise's smallest σ ({low:.3g}) is below its release's recorded floor ({floor:.3g}): "
+                "the noise module was altered; refusing to send"
+            )
+        rms = float(clean.float().pow(2).mean().sqrt())
+        if float(kept.float().mean()) < NEGLIGIBLE * rms:
+            raise ServingError(
+                f"the noise's σ (mean {float(kept.mean()):.3g}) is negligible against the activation "
+                f"(RMS {rms:.3g}): refusing to send it as good as clean"
+            )
+
     def detect(self, images: Sequence[Tensor]) -> list[Tensor]:
         """Boxes [M, 5] (x1, y1, x2, y2, score) per image, decoded locally from the server's outputs."""
         sent, batch = self.release(images)
-        loc, conf = self.infer(sent)
+        loc, conf = self._infer(sent)
         return self.post(loc, conf, batch)
 
     def statistics(self) -> dict[str, Any]:
