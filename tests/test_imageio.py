@@ -150,9 +150,9 @@ def test_detect_refuses_hostile_images_before_writing(tmp_path: Path) -> None:
         ([str(small), str(bomb)], "over the 50 MP limit"),
         ([str(small), "--resize", "100"], "45000 x 36200 network input"),
     ]:
-        proc = run_veil("detect", *args, "--weights", "/nonexistent.pth", "--out", str(out))
+        proc = run_veil("detect", *args, "--weights", str(small), "--out", str(out))  # never read
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and says in lines[0], proc.stderr
         assert not out.exists()
-    proc = run_veil("--max-image-mp", "0.1", "detect", str(small), "--out", str(out))  # 0.16 MP > 0.1
+    proc = run_veil("--max-image-mp", "0.1", "detect", str(small), "--weights", str(small), "--out", str(out))
     assert proc.returncode == 2 and "over the 0.1 MP limit" in proc.stderr and not out.exists()

@@ -50,12 +50,15 @@ def detect(
         save_png,
         target_size,
     )
+    from veil.models.checkpoint import check_weights_file
     from veil.pipeline import load_pipeline
     from veil.serve.validate import INPUT_SIZE
     from veil.tiles import TileGrid, tiled
 
     check_writable(out, "--out")
     fixed, factor = parse_size(size, resize)
+    if server is None:
+        check_weights_file(resolve_weights(weights))
     for path in images:  # every file's header and input size first: a bad one fails before any output
         height, width = image_size(path)
         if fixed is None:

@@ -62,11 +62,16 @@ def verify_sha256(path: Path, sums_file: Path | None = None) -> str:
     return got
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """``torch.load(weights_only=True)`` with one-line errors; unwraps ``{"state_dict": ...}``."""
-    path = Path(path)
+def check_weights_file(path: Path) -> Path:
+    """``path`` if it is a file, else the one-line error (cheap: commands call it before slower checks)."""
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path} (pass --weights with the path to a .pth file)")
+    return path
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """``torch.load(weights_only=True)`` with one-line errors; unwraps ``{"state_dict": ...}``."""
+    path = check_weights_file(Path(path))
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: file is empty (truncated download?)")
     with path.open("rb") as fh:
