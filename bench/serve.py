@@ -2,6 +2,7 @@
 
     python bench/serve.py [--transform DIR | --stand-in] [--runs 20] [--seconds 10] [--json out.json]
     python bench/serve.py --soak [--soak-seconds 60]
+    python bench/serve.py --baseline-src OLD/src   # + the same server from another checkout, interleaved
 
 Batch 1, a real 1920x1080 photo at 1024x1024. Median latency of (a) local clean inference, (b) local
 noisy inference, (c) noisy inference through the server over HTTP and gRPC (head + noise here, tail
@@ -58,8 +59,10 @@ def start_server(
     transform: Path | None,
     eager: bool = False,
     engine: str = "python",
+    src: Path | None = None,
+    extra: tuple[str, ...] = (),
 ) -> tuple[subprocess.Popen[str], int, int]:
-    """``veil serve`` in a child process; returns once it prints its endpoints."""
+    """``veil serve`` in a child process (from ``src`` if given); returns once it prints its endpoints."""
     http_port, grpc_port, metrics_port = free_ports(3)
     cmd = [
         sys.executable,
@@ -87,7 +90,12 @@ def start_server(
         cmd += ["--transform", str(transform)]
     if eager:
         cmd.append("--eager")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    env = dict(os.environ)
+    if src is not None:  # e.g. `git archive <commit> src | tar -x -C OLD`: compare two versions
+        env["PYTHONPATH"] = os.pathsep.join([str(src.resolve()), env.get("PYTHONPATH", "")]).strip(os.pathsep)
+    proc = subprocess.Popen(
+        [*cmd, *extra], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("access token"):
@@ -171,6 +179,13 @@ def main() -> None:
     ap.add_argument("--protocol", choices=["http", "grpc"], default="grpc", help="For throughput and soak.")
     ap.add_argument("--soak", action="store_true", help="Only the soak run: 8 clients for --soak-seconds.")
     ap.add_argument("--soak-seconds", type=float, default=60.0)
+    ap.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="Also serve from this src folder (another version) and time it interleaved with this one.",
+    )
+    ap.add_argument("--serve-args", default="", help="Extra veil serve arguments (this version only).")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     if args.stand_in:
@@ -190,9 +205,16 @@ def main() -> None:
     with torch.inference_mode():
         act = noisy.release(noisy.preprocess([img])).contiguous()
     proc, http_port, grpc_port = start_server(
-        args.server_threads, args.instances, args.transform, args.eager, args.engine
-    )
+        args.server_threads, args.instances, args.transform, args.eager, args.engine,
+        extra=tuple(args.serve_args.split()),
+    )  # fmt: skip
     urls = {"http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
+    base_proc = None
+    if args.baseline_src is not None and not args.soak:
+        base_proc, base_http, base_grpc = start_server(
+            args.server_threads, args.instances, args.transform, args.eager, args.engine, args.baseline_src
+        )
+        urls |= {"http_baseline": f"127.0.0.1:{base_http}", "grpc_baseline": f"127.0.0.1:{base_grpc}"}
     report: dict[str, Any] = {
         "threads": args.threads,
         "server_threads": args.server_threads or "auto",
@@ -231,8 +253,8 @@ def main() -> None:
             )
         else:
             clients = {
-                protocol: VeilClient(url, protocol, noise=noise, head=noisy.head, timeout=60)
-                for protocol, url in urls.items()
+                name: VeilClient(url, name.split("_")[0], noise=noise, head=noisy.head, timeout=60)
+                for name, url in urls.items()
             }
             ms = interleaved_median_ms(
                 {
@@ -261,8 +283,8 @@ def main() -> None:
                     f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, {r['failed']} failed"
                 )
             ratios = {
-                "server_http/local_clean": ms["server_http"] / ms["local_clean"],
-                "server_grpc/local_clean": ms["server_grpc"] / ms["local_clean"],
+                f"server_{name}/local_clean": ms[f"server_{name}"] / ms["local_clean"] for name in clients
+            } | {
                 "local_noisy/local_clean": ms["local_noisy"] / ms["local_clean"],
                 "throughput_8/1": runs[2]["images_per_s"] / runs[0]["images_per_s"],
                 "throughput_4/1": runs[1]["images_per_s"] / runs[0]["images_per_s"],
@@ -272,8 +294,10 @@ def main() -> None:
                 print(f"  {k:<26}{v:6.2f}")
             print("  goals: server/local_clean <= 1.3, throughput_8/1 >= 1.5")
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        for p in (proc, base_proc):
+            if p is not None:
+                p.terminate()
+                p.wait(timeout=60)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

@@ -226,7 +226,9 @@ def test_grpc_restricted_protocols_need_the_token(server: Any) -> None:
     with pytest.raises(grpc.RpcError) as info:
         stub.ModelStatistics(service_pb2.ModelStatisticsRequest(), timeout=10)
     assert "restricted" in str(info.value.details())
-    stats = stub.ModelStatistics(service_pb2.ModelStatisticsRequest(), metadata=[(TOKEN_HEADER, TOKEN)])
+    stats = stub.ModelStatistics(
+        service_pb2.ModelStatisticsRequest(), metadata=[(f"triton-grpc-protocol-{TOKEN_HEADER}", TOKEN)]
+    )
     assert {m.name for m in stats.model_stats} >= {NOISY_MODEL}
     assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=10).ready
     channel.close()

@@ -25,6 +25,8 @@ from veil.serve.checks import GRPC_APIS, MAX_BODY_BYTES, RESTRICTED, batch_probl
 from veil.serve.validate import ACCESS_HEADER, MAX_BATCH_SIZE
 
 SERVICE = "inference.GRPCInferenceService"
+#: Triton's gRPC name for the access-token header (tritonclient/PyTriton send it so).
+GRPC_ACCESS_HEADER = f"triton-grpc-protocol-{ACCESS_HEADER}"
 #: Concurrent calls being relayed; more wait in gRPC's queue (each holds one worker while Triton works).
 WORKERS = 32
 #: How long Triton may take to answer one call (as the HTTP guard's UPSTREAM_TIMEOUT_S).
@@ -56,10 +58,13 @@ class GrpcGuard:
         def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
             metadata = tuple((k, v) for k, v in context.invocation_metadata() if not k.startswith("grpc-"))
             if self.token is not None and api in RESTRICTED:
-                given = next((str(v) for k, v in metadata if k == ACCESS_HEADER), "")
+                given = next((str(v) for k, v in metadata if k in (GRPC_ACCESS_HEADER, ACCESS_HEADER)), "")
                 if not secrets.compare_digest(given.encode(), self.token.encode()):
                     self._refuse(
-                        context, method, grpc.StatusCode.PERMISSION_DENIED, restricted_message(ACCESS_HEADER)
+                        context,
+                        method,
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        restricted_message(GRPC_ACCESS_HEADER),
                     )
             if method == "ModelInfer":
                 problem = self._infer_problem(request)
