@@ -270,13 +270,13 @@ def _build_noise(path: Path, meta: dict[str, Any], tensors: dict[str, Tensor]) -
         shape = tuple(int(s) for s in meta["activation_shape"])
         noise = NoiseTransform(shape, smin=meta["smin"], smax=meta["smax"], granularity=meta["granularity"])
     except (KeyError, TypeError, ValueError, VeilError) as exc:
-        raise TransformError(f"{path / META}: bad noise settings ({str(exc)[:120]})") from None
+        why = " ".join(str(exc).split())[:120]
+        raise TransformError(f"{path / META}: bad noise settings ({why})") from None
     try:
         noise.load_tensors(tensors, "noise.")
     except (KeyError, RuntimeError) as exc:
-        raise TransformError(
-            f"{path}: noise tensors missing or of the wrong shape ({str(exc)[:120]})"
-        ) from None
+        why = " ".join(str(exc).split())[:160]
+        raise TransformError(f"{path}: noise tensors missing or of the wrong shape ({why})") from None
     return noise
 
 
@@ -310,17 +310,17 @@ def load_transform(
         tensors = load_file(str(path / TENSORS))
     except (SafetensorError, OSError) as exc:
         raise TransformError(f"{path / TENSORS}: unreadable ({str(exc)[:100]})") from None
+    tail = {k.removeprefix("tail."): v for k, v in tensors.items() if k.startswith("tail.")} or None
+    head = {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")} or None
+    if bool(meta.get("has_head")) != (head is not None):
+        raise TransformError(f"{path}: {META} and {TENSORS} disagree on whether a trained head is stored")
+    _check_meta(path / META, meta)
     noise = _build_noise(path, meta, tensors)
     if activation_shape is not None and tuple(activation_shape) != noise.shape:
         raise TransformError(
             f"{path}: made for activations {noise.shape}, but this pipeline produces "
             f"{tuple(activation_shape)} (different split point or input size)"
         )
-    tail = {k.removeprefix("tail."): v for k, v in tensors.items() if k.startswith("tail.")} or None
-    head = {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")} or None
-    if bool(meta.get("has_head")) != (head is not None):
-        raise TransformError(f"{path}: {META} and {TENSORS} disagree on whether a trained head is stored")
-    _check_meta(path / META, meta)
     tr = Transform(
         noise=noise.eval().requires_grad_(False), tail_state=tail, meta=meta, path=path, head_state=head
     )

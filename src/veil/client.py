@@ -17,6 +17,7 @@ One client per thread: tritonclient's connections are not meant to be shared acr
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,11 @@ class VeilClient:
                     f"{what}: a restricted endpoint on {self.url}; pass access_token=... "
                     "(the token `veil serve` printed)"
                 )
+            if self.tls and "UNAVAILABLE" in status:
+                return ServingError(
+                    f"{what}: no TLS connection to {self.url} ({msg[:160]}): is it serving TLS with a "
+                    "certificate for this host? pass ca_cert=... (--ca-cert) if its CA is not a system root"
+                )
             if (
                 "UNAVAILABLE" in status
                 or "failed to connect" in msg.lower()
@@ -215,6 +221,11 @@ class VeilClient:
                 return ServingError(f"{what} timed out after {self.timeout:g} s ({self.url})")
             code = f" [{status}]" if status else ""
             return ServingError(f"{what} refused by {self.url}{code}: {msg}")
+        if self.tls and (isinstance(exc, ssl.SSLError) or "ssl" in str(exc).lower()):
+            return ServingError(
+                f"TLS with {self.url} failed ({str(exc).splitlines()[0][:160]}): is it serving TLS with a "
+                "certificate for this host? pass ca_cert=... (--ca-cert) if its CA is not a system root"
+            )
         if isinstance(exc, ConnectionError | OSError):
             return ServingError(
                 f"Triton at {self.url} ({self.protocol}) is unreachable ({exc}): is `veil serve` running?"
