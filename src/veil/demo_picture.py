@@ -77,7 +77,7 @@ def render(p: Panels) -> Figure:
     """The four-panel figure (titles name each panel; suppressed channels are grey with a cross)."""
     _, height, width = p.image.shape
     aspect = width / height
-    fig = Figure(figsize=(3.4 * (3 * aspect + 1) + 0.6, 3.4 + 0.6), dpi=100)
+    fig = Figure(figsize=(3.4 * (3 * aspect + 1) + 0.4, 3.4 + 0.8), dpi=100, layout="constrained")
     axes = fig.subplots(1, 4, gridspec_kw={"width_ratios": [aspect, aspect, 1, aspect]})
     clean = draw_detections(p.image, p.clean[p.clean[:, 4] > STRONG], color="lime")
     noisy = draw_detections(p.image, p.noisy[p.noisy[:, 4] > STRONG], color="red")
@@ -98,13 +98,13 @@ def render(p: Panels) -> Figure:
             axes[2].plot([x0, x0 + w], [y0 + h, y0], color="white", lw=0.8)
     total = int((~p.keep.expand(c, h, w).reshape(c, -1).any(dim=1)).sum())
     axes[2].set_title(
-        f"what left the machine\n{len(tiles)} of {c} channels; grey ×: suppressed ({total} of {c})",
+        f"what left the machine\n{len(tiles)} of {c} channels;\ngrey ×: suppressed ({total} of {c})",
         fontsize=10,
     )
     if p.reconstruction is not None:
         rec = F.interpolate(p.reconstruction[None].float(), size=(height, width), mode="bilinear")[0]
         axes[3].imshow(rec.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
-        axes[3].set_title("what the shipped attacker\nrebuilds from it", fontsize=10)
+        axes[3].set_title("what the shipped attacker\nrebuilds from it\n(trained on LFW faces)", fontsize=10)
     else:
         axes[3].imshow(np.full((height, width, 3), 0.92))
         axes[3].text(
@@ -119,7 +119,6 @@ def render(p: Panels) -> Figure:
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout(pad=0.4)
     return fig
 
 
@@ -127,6 +126,6 @@ def save_picture(p: Panels, path: Path) -> Figure:
     """Render and write the PNG atomically; returns the figure (tests read its titles)."""
     fig = render(p)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.08)  # titles never clipped
     atomic_write_bytes(path, buf.getvalue())
     return fig
