@@ -201,6 +201,7 @@ def main() -> None:
         noisy = Detector(clean.head, clean.tail, noise=noise)
     else:
         noisy = load_pipeline(WEIGHTS, args.transform, size=(1024, 1024))
+        assert noisy.noise is not None  # a transform's pipeline always adds its noise
         noise = noisy.noise
     with torch.inference_mode():
         act = noisy.release(noisy.preprocess([img])).contiguous()

@@ -65,11 +65,11 @@ def _grpc_stub(server: Any) -> Any:
 
 
 def test_checks_bound_json_and_route_paths() -> None:
-    assert parse_json(NESTED)[0] == 400  # type: ignore[index]
-    assert parse_json(b"[" * 17 + b"]" * 17)[0] == 400  # type: ignore[index]
+    assert parse_json(NESTED)[0] == 400
+    assert parse_json(b"[" * 17 + b"]" * 17)[0] == 400
     assert parse_json(b'{"inputs": [{"shape": [1, 2]}]}') == {"inputs": [{"shape": [1, 2]}]}
-    assert route("POST", f"/v2/models/{NOISY_MODEL}/generate")[0] == 404  # type: ignore[index]
-    assert route("GET", f"/v2/models/{NOISY_MODEL}/infer")[0] == 405  # type: ignore[index]
+    assert route("POST", f"/v2/models/{NOISY_MODEL}/generate")[0] == 404
+    assert route("GET", f"/v2/models/{NOISY_MODEL}/infer")[0] == 405
     assert route("GET", "/v2/models/stats") == "statistics"
     assert route("POST", f"/v2/models/{NOISY_MODEL}/infer?x=1") == "inference"
 

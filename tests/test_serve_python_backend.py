@@ -78,7 +78,7 @@ def test_exported_python_repository_runs_on_triton(tmp_path: Path) -> None:
     proc.start([BASE_MODEL, NOISY_MODEL])
     try:
         url = f"127.0.0.1:{ports[0]}"
-        # batch 1: bare Triton 2.51 crashes on JSON parts over ~4 MB (veil serve's guard refuses them)
+        # JSON-encoded batch 1 (2.7 MB): what any HTTP client can send
         x = np.random.default_rng(0).standard_normal((1, *ACTIVATION_DIMS)).astype(np.float32) * 0.1
         for name, tail in ((BASE_MODEL, base), (NOISY_MODEL, noisy)):
             status, reply = _infer(url, name, x)
