@@ -45,7 +45,7 @@ def test_only_a_noise_transform_is_sent() -> None:
 def test_the_head_comes_from_the_transform(weights: Path, image: torch.Tensor) -> None:
     tr = load_transform(DEFAULT, weights)
     c = VeilClient(URL, transform=tr, weights=weights)
-    assert state_fingerprint(c.head) == tr.meta["head_sha256"]
+    assert c.head is not None and state_fingerprint(c.head) == tr.meta["head_sha256"]
     sent, _ = c.release([image])
     assert sent.shape == (1, *tr.noise.shape)
     # the old path built the RDCL head for any noise of the same shape: now refused or checked

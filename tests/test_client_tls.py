@@ -1,5 +1,7 @@
-"""``https://`` and ``grpcs://`` are TLS for real, never silently plain: a TLS-terminating proxy (Python's ssl,
-a self-signed certificate made with the openssl CLI) in front of the real Triton server."""
+"""``https://`` and ``grpcs://`` are TLS for real, never silently plain.
+
+A TLS-terminating proxy (Python's ssl, a self-signed certificate made with the openssl CLI) stands in front
+of the real Triton server."""
 
 from __future__ import annotations
 
@@ -82,9 +84,9 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         pytest.skip("the openssl CLI is needed to make a test certificate")
     folder = tmp_path_factory.mktemp("tls")
     key, crt = folder / "key.pem", folder / "cert.pem"
+    req = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt)]
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(crt)]
-        + ["-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        [*req, "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
         check=True,
         capture_output=True,
     )
