@@ -71,6 +71,7 @@ def test_numbers_out_of_range_are_one_line(args: list[str], option: str, tmp_pat
         (["eval", "merge", "p.json", "--json", "{blocked}/r.json"], "--json"),
         (["eval", "--dataset", "d", "--json", "{folder}"], "--json"),
         (["k8s", "render", "--out", "{blocked}"], "--out"),
+        (["demo", "--out", "{blocked}/pictures"], "--out"),
     ],
 )
 def test_unwritable_outputs_are_refused_up_front(args: list[str], option: str, tmp_path: Path) -> None:

@@ -30,9 +30,11 @@ def demo(
 ) -> None:
     """Start Triton, send the FDDB sample clean and obfuscated, print the table, write pictures, stop."""
     from veil.assets import choose, default_weights, sample_dataset
+    from veil.cli.checks import check_writable
     from veil.cli.common import set_threads
     from veil.demo import format_table, run_demo
 
+    check_writable(out, "--out")
     set_threads(threads)
     w = choose(weights, "VEIL_WEIGHTS", default_weights, "weights")
     d = choose(dataset, "VEIL_DATASET", sample_dataset, "dataset")
