@@ -45,6 +45,10 @@ def refused(proc: subprocess.CompletedProcess[str], *says: str) -> None:
         (["detect", "x.jpg", "--tiles", "0"], "--tiles"),
         (["audit", "--aux", "a", "--eval", "e", "--output-size", "4"], "--output-size"),
         (["export", "triton", "--max-batch-size", "0"], "--max-batch-size"),
+        (["serve", "--http-port", "70000"], "--http-port"),
+        (["serve", "--max-batch-size", "0"], "--max-batch-size"),
+        (["serve", "--instances", "-1"], "--instances"),
+        (["serve", "--threads", "-1"], "--threads"),
         (["k8s", "render", "--gpus", "-1"], "--gpus"),
         (["--max-image-mp", "nan", "models"], "--max-image-mp"),
     ],
@@ -72,6 +76,9 @@ def test_numbers_out_of_range_are_one_line(args: list[str], option: str, tmp_pat
         (["eval", "--dataset", "d", "--json", "{folder}"], "--json"),
         (["k8s", "render", "--out", "{blocked}"], "--out"),
         (["demo", "--out", "{blocked}/pictures"], "--out"),
+        (["serve", "--triton-log", "{blocked}/triton.log"], "--triton-log"),
+        (["serve", "--triton-log", "{folder}"], "--triton-log"),
+        (["serve", "--record", "{blocked}/acts"], "--record"),
     ],
 )
 def test_unwritable_outputs_are_refused_up_front(args: list[str], option: str, tmp_path: Path) -> None:

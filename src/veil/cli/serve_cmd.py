@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from veil.cli.checks import check_writable
 from veil.cli.common import resolve_weights, set_threads
 from veil.errors import VeilError
 
@@ -126,12 +127,13 @@ def serve(
         None, "--transform", "-t", help="Transform directory: face_detection_noisy runs its tail."
     ),
     host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 exposes the server)."),
-    http_port: int = typer.Option(8000, help="HTTP port."),
-    grpc_port: int = typer.Option(8001, help="gRPC port."),
-    metrics_port: int = typer.Option(8002, help="Prometheus metrics port."),
-    max_batch_size: int = typer.Option(8, help="Largest batch the dynamic batcher forms."),
+    http_port: int = typer.Option(8000, min=1, max=65535, help="HTTP port."),
+    grpc_port: int = typer.Option(8001, min=1, max=65535, help="gRPC port."),
+    metrics_port: int = typer.Option(8002, min=1, max=65535, help="Prometheus metrics port."),
+    max_batch_size: int = typer.Option(8, min=1, max=1024, help="Largest batch the dynamic batcher forms."),
     instances: int = typer.Option(
         0,
+        min=0,
         help="Model instances per tail (python engine: a process each; pytriton: a thread each); "
         "0 = auto (2 on a CPU with 2+ cores, else 1).",
     ),
@@ -141,7 +143,9 @@ def serve(
     no_auth: bool = typer.Option(False, "--no-auth", help="Leave restricted endpoints open."),
     triton_log: Path | None = typer.Option(None, help="Write Triton's own log to this file."),
     threads: int | None = typer.Option(
-        None, help="PyTorch CPU threads (python engine: per model instance; default: cores / instances)."
+        None,
+        min=0,
+        help="PyTorch CPU threads (python engine: per model instance; default or 0: cores / instances).",
     ),
     device: str = typer.Option("cpu", help="Device for the tails (cpu, cuda)."),
     eager: bool = typer.Option(
@@ -173,6 +177,8 @@ def serve(
     ),
 ) -> None:
     """Start Triton serving face_detection_base and face_detection_noisy until Ctrl+C."""
+    check_writable(triton_log, "--triton-log", folder=False)
+    check_writable(record, "--record")
     set_threads(threads)
     run_server(
         model_repository=model_repository,
