@@ -14,6 +14,12 @@ By default: veil's default deployment, the shipped α=0.12 transform (its split,
 here, ``veil serve --transform`` there); ``--transform DIR`` measures another. ``--stand-in``: the
 reference design's interface instead (split after RDCL, base weights, a fresh Gaussian sample per call
 of scale ``--sigma`` standing in for a trained transform).
+
+Client and server share this machine's cores, so this process runs with ``GOMP_SPINCOUNT=10000``
+(unless the environment sets it or ``OMP_WAIT_POLICY``): libgomp's default spins an idle PyTorch
+thread for milliseconds after the head has run, on the core the server's tail needs. It applies to
+the local runs alike (measured neutral for local clean inference); a client on its own machine has
+no such contention.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+
+if not {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & set(os.environ):  # before torch loads libgomp
+    os.environ["GOMP_SPINCOUNT"] = "10000"
 import subprocess
 import sys
 import threading
@@ -274,7 +283,7 @@ def main() -> None:
                 f"veil serve benchmark: 1920x1080 photo -> 1024x1024, batch 1, {args.threads} threads, "
                 f"{os.cpu_count()} CPUs, loopback; "
                 + (f"transform {args.transform}" if args.transform else "RDCL split, Gaussian noise")
-                + f"; engine {args.engine}"
+                + f"; engine {args.engine}; GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'unset')}"
             )
             for k, v in ms.items():
                 print(f"  {k:<14}{v:>9.1f} ms (median of {args.runs}, variants interleaved)")

@@ -124,3 +124,38 @@ def test_a_broken_model_fails_the_start_with_triton_s_reason(tmp_path: Path) -> 
     with pytest.raises(ServingError, match=r"Triton exited while starting.*(zip archive|model)"):
         proc.start([BASE_MODEL, NOISY_MODEL], timeout_s=120)
     proc.stop()
+
+
+def test_a_lone_batch_gets_every_core_and_concurrent_ones_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """triton_model._Cores: the threads a batch runs on depend on whether another instance is busy."""
+    import importlib.util
+    import sys
+    import types
+
+    import torch
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", types.ModuleType("pb_utils"))
+    spec = importlib.util.spec_from_file_location("veil_triton_model", python_model_path())
+    assert spec is not None and spec.loader is not None
+    model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(model)
+    before = torch.get_num_threads()
+    try:
+        a = model._Cores(str(tmp_path), "face_detection_noisy_0", alone=4, shared=2)
+        b = model._Cores(str(tmp_path), "face_detection_noisy_1", alone=4, shared=2)
+        with a:
+            assert torch.get_num_threads() == 4  # b idle
+            with b:
+                assert torch.get_num_threads() == 2  # a busy
+        with b:
+            assert torch.get_num_threads() == 4  # a done: its lock is released
+    finally:
+        torch.set_num_threads(before)
+
+
+def python_model_path() -> Path:
+    from veil.serve import python_backend
+
+    return Path(python_backend.__file__).with_name("triton_model.py")

@@ -27,6 +27,7 @@ def run_server(
     grpc_port: int = 8001,
     metrics_port: int = 8002,
     max_batch_size: int = 8,
+    max_queue_delay_us: int | None = None,
     instances: int = 0,
     access_token: str | None = None,
     no_auth: bool = False,
@@ -52,6 +53,7 @@ def run_server(
         grpc_port=grpc_port,
         metrics_port=metrics_port,
         max_batch_size=max_batch_size,
+        **({} if max_queue_delay_us is None else {"max_queue_delay_us": max_queue_delay_us}),
         instances=instances,
         access_token=access_token,
         restrict=not no_auth,
@@ -131,6 +133,13 @@ def serve(
     grpc_port: int = typer.Option(8001, min=1, max=65535, help="gRPC port."),
     metrics_port: int = typer.Option(8002, min=1, max=65535, help="Prometheus metrics port."),
     max_batch_size: int = typer.Option(8, min=1, max=1024, help="Largest batch the dynamic batcher forms."),
+    max_queue_delay_us: int | None = typer.Option(
+        None,
+        min=0,
+        max=1_000_000,
+        help="How long the dynamic batcher holds a request for later ones to batch with (default: 0; "
+        "requests that queue while every instance is busy are batched anyway).",
+    ),
     instances: int = typer.Option(
         0,
         min=0,
@@ -189,6 +198,7 @@ def serve(
         grpc_port=grpc_port,
         metrics_port=metrics_port,
         max_batch_size=max_batch_size,
+        max_queue_delay_us=max_queue_delay_us,
         instances=instances,
         access_token=access_token,
         no_auth=no_auth,

@@ -52,6 +52,11 @@ from veil.serve.pytriton_engine import RequestHook, TailRunner, start_pytriton
 from veil.serve.validate import BASE_MODEL, MAX_BATCH_SIZE, NOISY_MODEL
 
 ENGINES = ("python", "pytriton")
+#: libgomp's spin count for the backend stubs (unless the environment sets OMP_WAIT_POLICY or
+#: GOMP_SPINCOUNT): its default spins an idle PyTorch thread for milliseconds after every parallel
+#: region, on the core another instance (or the client, on loopback) needs. 10,000 spins (~50 us)
+#: kept a lone batch on 2 threads as fast as the default.
+OMP_SPIN = 10_000
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,9 @@ class ServerConfig:
     grpc_port: int = 8001
     metrics_port: int = 8002
     max_batch_size: int = MAX_BATCH_SIZE
-    max_queue_delay_us: int = 500
+    #: 0: a request that finds an instance free runs at once; those queued while every instance is busy
+    #: are still batched (the old 500 us only delayed a lone request).
+    max_queue_delay_us: int = 0
     #: Model instances per tail; 0 = auto (python engine on CPU: 2, each with half the cores'
     #: threads — on 2 cores that served 8 clients 2.2x faster than one client; otherwise 1).
     instances: int = 0
@@ -78,7 +85,8 @@ class ServerConfig:
     exit_timeout_s: int = 5
     #: ``python``: Triton's backend stub runs the TorchScript tails; ``pytriton``: this process does.
     engine: str = "python"
-    #: PyTorch CPU threads per model instance in the ``python`` engine (0: auto, cores / instances).
+    #: PyTorch CPU threads per model instance in the ``python`` engine (0: auto, cores / instances,
+    #: and every core for a batch that runs while no other instance is running one).
     threads: int = 0
     #: ``python`` engine: save every accepted activation here as ``.npy`` (audit what clients send).
     record_dir: Path | None = None
@@ -243,7 +251,7 @@ class VeilServer:
         c = self.config
         if c.engine != "python" or self.device.type != "cpu":
             return max(1, c.instances), c.threads
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = _cores()
         instances = c.instances or (2 if cores >= 2 else 1)
         return instances, c.threads or max(1, cores // instances)
 
@@ -253,11 +261,18 @@ class VeilServer:
         c = self.config
         instances, threads = self.instances_and_threads()
         params = {"device": str(self.device), "threads": str(threads), "freeze": str(c.freeze).lower()}
-        env = {}
+        env: dict[str, str] = {}
+        cores = _cores()
+        if c.threads == 0 and self.device.type == "cpu" and cores > threads:
+            # a lone request gets every core; concurrent ones one share each (triton_model._Cores)
+            (workspace / "cores").mkdir(mode=0o700)
+            env |= {"VEIL_CORES_DIR": str(workspace / "cores"), "VEIL_THREADS_ALONE": str(cores)}
+            if not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
+                env["GOMP_SPINCOUNT"] = str(OMP_SPIN)
         if c.record_dir is not None:  # not a config parameter: GET .../config would publish the path
             Path(c.record_dir).mkdir(parents=True, exist_ok=True)
             stubs = instances * len(self.served)  # each backend stub keeps its share of the quota
-            env = {
+            env |= {
                 "VEIL_RECORD_DIR": str(Path(c.record_dir).resolve()),
                 "VEIL_RECORD_MAX_BYTES": str(c.record_max_bytes // stubs),
                 "VEIL_RECORD_MAX_FILES": str(max(1, c.record_max_files // stubs)),
@@ -328,6 +343,10 @@ class VeilServer:
                         raise ServingError("Triton exited unexpectedly (see its log above)")
             finally:
                 self.stop()
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _check_ports_free(host: str, ports: tuple[int, ...]) -> None:

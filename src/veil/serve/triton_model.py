@@ -14,6 +14,9 @@ refuse such requests on both protocols before they reach Triton (``veil.serve.ch
 
 Parameters (``config.pbtxt``): ``device`` (cpu, cuda), ``threads`` (PyTorch CPU threads, 0 = default),
 ``freeze`` (``false`` keeps the TorchScript as saved). Environment (not published by ``GET .../config``):
+``VEIL_CORES_DIR`` + ``VEIL_THREADS_ALONE`` share the cores between instances (every tail's, one process
+each): a batch runs on ``VEIL_THREADS_ALONE`` threads while no other instance is running one, else on
+``threads`` (each instance holds a lock on its own file there while it runs a batch);
 ``VEIL_RECORD_DIR`` saves every accepted activation there as ``.npy`` (an audit of what clients send),
 until this instance has written ``VEIL_RECORD_MAX_BYTES`` bytes or ``VEIL_RECORD_MAX_FILES`` files.
 """
@@ -21,6 +24,7 @@ until this instance has written ``VEIL_RECORD_MAX_BYTES`` bytes or ``VEIL_RECORD
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import sys
@@ -47,6 +51,38 @@ def _invalid(message: str) -> Any:
     return pb_utils.InferenceResponse(error=error)
 
 
+class _Cores:
+    """Threads for the next batch: ``alone`` while no other instance runs one, else ``shared``."""
+
+    def __init__(self, folder: str, name: str, alone: int, shared: int) -> None:
+        self.folder, self.alone, self.shared = folder, alone, shared
+        self.me = f"{name}-{os.getpid()}"
+        self.fd = os.open(os.path.join(folder, self.me), os.O_RDWR | os.O_CREAT, 0o600)
+
+    def _others_busy(self) -> bool:
+        for entry in os.listdir(self.folder):
+            if entry == self.me:
+                continue
+            try:
+                fd = os.open(os.path.join(self.folder, entry), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a probe: fails while its owner runs
+            except OSError:
+                return True
+            finally:
+                os.close(fd)  # releases the probe
+        return False
+
+    def __enter__(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)  # first: two instances starting together both see the other
+        torch.set_num_threads(self.shared if self._others_busy() else self.alone)
+
+    def __exit__(self, *_: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
 class TritonPythonModel:
     """One instance per ``instance_group`` count: load the tail once, run batches on it."""
 
@@ -60,6 +96,11 @@ class TritonPythonModel:
         threads = int(_param(config, "threads", "0") or 0)
         if threads > 0:
             torch.set_num_threads(threads)
+        self.cores: Any = contextlib.nullcontext()
+        alone = int(os.environ.get("VEIL_THREADS_ALONE", "0") or 0)
+        folder = os.environ.get("VEIL_CORES_DIR")
+        if folder and threads > 0 and alone > threads and self.device.type == "cpu":
+            self.cores = _Cores(folder, self.name, alone, threads)
         self.max_batch = int(config.get("max_batch_size", 0))
         self.record_dir = os.environ.get("VEIL_RECORD_DIR") or None
         self.record_left = [
@@ -111,7 +152,7 @@ class TritonPythonModel:
         if arrays:
             batch = torch.from_numpy(np.concatenate([a for _, a in arrays]))
             batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
+            with self.cores, torch.inference_mode():
                 outputs = [t.float().cpu().numpy() for t in self.tail(batch)]
             start = 0
             for i, array in arrays:
