@@ -9,6 +9,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from veil.errors import SplitPointError
+from veil.split.graph import cut as cut  # the graph cut for any torch.fx-traceable model
+from veil.split.graph import split_points as graph_split_points  # noqa: F401
 
 
 def split_points(model: nn.Module) -> list[str]:
