@@ -15,7 +15,7 @@ import difflib
 import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor, fx, nn
@@ -26,12 +26,15 @@ from veil.errors import InputError, SplitPointError
 __all__ = ["cut", "split_points"]
 
 _SHOWN = 8  # how many names an error lists at most
+_NOT_TENSOR = "what crosses there is not a tensor"
 
 
 @dataclass
 class _Graph:
     """One trace of ``model`` plus what the example taught about each node."""
 
+    model: nn.Module
+    inputs: tuple[Tensor, ...]
     name: str
     gm: fx.GraphModule
     nodes: list[fx.Node]
@@ -39,13 +42,18 @@ class _Graph:
     index: dict[fx.Node, int] = field(default_factory=dict)
     last_use: dict[fx.Node, int] = field(default_factory=dict)
     constant: set[fx.Node] = field(default_factory=set)  # needs no input: the tail may recompute it
-    tensor: set[fx.Node] = field(default_factory=set)  # produced a Tensor on the example
+    tensors: set[fx.Node] | None = None  # the nodes that made a Tensor on the example, once run
     span: dict[str, list[int]] = field(default_factory=dict)  # module path -> its node positions
     calls: dict[str, set[str]] = field(default_factory=dict)  # module path -> its call keys ("a@1", ...)
 
     def crossing(self, pos: int) -> list[fx.Node]:
         """Values made at or before ``pos`` that something after ``pos`` still needs."""
         return [n for n in self.nodes[: pos + 1] if n not in self.constant and self.last_use.get(n, -1) > pos]
+
+    def is_tensor(self, node: fx.Node) -> bool:
+        if self.tensors is None:
+            self.tensors = _run_example(self)
+        return node in self.tensors
 
     def tail_is_empty(self, pos: int) -> bool:
         return all(n.op == "output" or n in self.constant for n in self.nodes[pos + 1 :])
@@ -101,6 +109,26 @@ def _drop_specialized(gm: fx.GraphModule, n_inputs: int) -> None:
     gm.recompile()
 
 
+def _run_example(g: _Graph) -> set[fx.Node]:
+    """Run the graph on the example; the nodes whose value was a Tensor."""
+    tensors: set[fx.Node] = set()
+
+    class _Record(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            out = super().run_node(n)
+            if isinstance(out, Tensor):
+                tensors.add(n)
+            return out
+
+    try:
+        with _eval(g.model), torch.no_grad():
+            _Record(g.gm).run(*g.inputs)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise InputError(f"{g.name} fails on the example ({type(e).__name__}: {first})") from None
+    return tensors
+
+
 def _trace(model: nn.Module, example: Tensor | tuple[Tensor, ...]) -> _Graph:
     inputs = _as_tuple(example)
     name = type(model).__name__
@@ -116,22 +144,7 @@ def _trace(model: nn.Module, example: Tensor | tuple[Tensor, ...]) -> _Graph:
             ) from None
         if concrete:
             _drop_specialized(gm, len(inputs))
-        g = _Graph(name, gm, list(gm.graph.nodes), [p for p, _ in model.named_modules() if p])
-        tensor = g.tensor
-
-        class _Record(fx.Interpreter):
-            def run_node(self, n: fx.Node) -> Any:
-                out = super().run_node(n)
-                if isinstance(out, Tensor):
-                    tensor.add(n)
-                return out
-
-        try:
-            with torch.no_grad():
-                _Record(gm).run(*inputs)
-        except Exception as e:
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            raise InputError(f"{name} fails on the example ({type(e).__name__}: {first})") from None
+        g = _Graph(model, inputs, name, gm, list(gm.graph.nodes), [p for p, _ in model.named_modules() if p])
     for i, n in enumerate(g.nodes):
         g.index[n] = i
         derived = n.op not in ("placeholder", "output") and all(a in g.constant for a in n.all_input_nodes)
@@ -145,8 +158,11 @@ def _trace(model: nn.Module, example: Tensor | tuple[Tensor, ...]) -> _Graph:
     return g
 
 
-def _check(g: _Graph, path: str) -> tuple[int, fx.Node] | str:
-    """(cut position, crossing node) when ``path`` is a valid cut, else why not (a clause)."""
+def _check(g: _Graph, path: str, run: bool = True) -> tuple[int, fx.Node] | str:
+    """(cut position, crossing node) when ``path`` is a valid cut, else why not (a clause).
+
+    ``run=False`` skips running the example to see that what crosses is a tensor (``cut`` sees it).
+    """
     if path not in g.span:
         return "it never runs in forward"
     if len(g.calls[path]) > 1:
@@ -163,8 +179,8 @@ def _check(g: _Graph, path: str) -> tuple[int, fx.Node] | str:
     (node,) = cross
     if g.index[node] not in g.span[path]:
         return f"what crosses there is {node.name!r}, not its output"
-    if node not in g.tensor:
-        return "what crosses there is not a tensor"
+    if run and not g.is_tensor(node):
+        return _NOT_TENSOR
     return pos, node
 
 
@@ -280,29 +296,34 @@ def cut(model: nn.Module, split: str, example: Tensor | tuple[Tensor, ...]) -> t
     ``model``); they are traced in eval mode and work for any batch size.
     """
     g = _trace(model, example)
-    valid = _valid(g)
     if split not in g.modules:
+        valid = _valid(g)
         close = difflib.get_close_matches(split, [p for _, p, _ in valid], n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         listed = _summary(valid) if valid else "none"
         raise SplitPointError(f"no module {split!r} in {g.name}: {hint}valid split points include {listed}")
-    r = _check(g, split)
+    r = _check(g, split, run=False)
     if isinstance(r, str):
-        pos = max(g.span.get(split, [len(g.nodes)]))
-        near = _neighbours(valid, pos, split)
-        names = f"nearest valid split points: {', '.join(near)}" if near else "it has no valid split points"
-        raise SplitPointError(f"cannot split {g.name} after {split!r}: {r}; {names}")
+        _refuse(g, split, r)
     pos, cross = r
-    name = g.name
-    head = _module(g, _copy_head(g, pos, cross), f"{name}Head")
-    tail = _module(g, _copy_tail(g, pos, cross), f"{name}Tail")
-    inputs = _as_tuple(example)
+    head = _module(g, _copy_head(g, pos, cross), f"{g.name}Head")
+    tail = _module(g, _copy_tail(g, pos, cross), f"{g.name}Tail")
     with _eval(model), torch.no_grad():
-        want = model(*inputs)
-        got = tail(head(*inputs))
+        want = model(*g.inputs)
+        crossing = head(*g.inputs)
+        if not isinstance(crossing, Tensor):
+            _refuse(g, split, _NOT_TENSOR)
+        got = tail(crossing)
     if not _same(want, got):
         raise SplitPointError(
-            f"cannot split {name} after {split!r}: tail(head(x)) differs from model(x) on the example "
+            f"cannot split {g.name} after {split!r}: tail(head(x)) differs from model(x) on the example "
             "(is forward random or stateful?)"
         )
     return head, tail
+
+
+def _refuse(g: _Graph, split: str, why: str) -> NoReturn:
+    pos = max(g.span.get(split, [len(g.nodes)]))
+    near = _neighbours(_valid(g), pos, split)
+    names = f"nearest valid split points: {', '.join(near)}" if near else "it has no valid split points"
+    raise SplitPointError(f"cannot split {g.name} after {split!r}: {why}; {names}")
