@@ -32,42 +32,21 @@ from veil.errors import ServingError
 from veil.imageio import FACEBOXES_MEAN_BGR, Batch, preprocess
 from veil.noise import NoiseTransform
 from veil.serve.export import scores_to_logits
-from veil.serve.validate import (
-    ACCESS_HEADER,
-    BASE_MODEL,
-    INPUT_NAME,
-    INPUT_SIZE,
-    LOC_NAME,
-    MAX_BATCH_SIZE,
-    NOISY_MODEL,
-    SCORES_NAME,
-    check_activation,
-)
+from veil.serve.remote import PROTOCOLS as PROTOCOLS  # re-exported
+from veil.serve.remote import Parts, is_protected, leaves, protected_parts, request, split_url
+from veil.serve.spec import FACEBOXES, check_wire, unflatten
+from veil.serve.validate import ACCESS_HEADER, BASE_MODEL, INPUT_SIZE, MAX_BATCH_SIZE, NOISY_MODEL
 
-PROTOCOLS = ("http", "grpc")
-TLS_SCHEMES = {"https": "http", "grpcs": "grpc"}
+_split_url = split_url  # the name it had here
 #: Noise whose mean σ is below this share of the activation's RMS (SNR above 60 dB) is no noise at all.
 NEGLIGIBLE = 1e-3
 
 
-def _split_url(url: str, protocol: str | None) -> tuple[str, str, bool]:
-    """('host:port', protocol, tls) from 'host:port' or 'http(s)://host:port' or 'grpc(s)://host:port'."""
-    scheme, sep, rest = url.partition("://")
-    tls = False
-    if sep:
-        if scheme not in (*PROTOCOLS, *TLS_SCHEMES):
-            raise ServingError(
-                f"unsupported URL scheme {scheme!r} in {url!r}: use http://, https://, grpc:// or grpcs://"
-            )
-        tls = scheme in TLS_SCHEMES
-        scheme = TLS_SCHEMES.get(scheme, scheme)
-        if protocol is not None and protocol != scheme:
-            raise ServingError(f"URL {url!r} says {scheme} but protocol={protocol!r}")
-        protocol, url = scheme, rest
-    protocol = protocol or "http"
-    if protocol not in PROTOCOLS:
-        raise ServingError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    return url.rstrip("/"), protocol, tls
+def _protected(transform: Any) -> bool:
+    """A protected model's transform (``veil.load``), or a directory :func:`veil.protect` saved."""
+    from veil.serve.spec import is_generic
+
+    return is_protected(transform) or (isinstance(transform, str | Path) and is_generic(transform))
 
 
 def _head_from_weights(weights: str | Path) -> nn.Module:
@@ -123,9 +102,26 @@ class VeilClient:
         post: PostProcess | None = None,
         max_batch_size: int = MAX_BATCH_SIZE,
         ca_cert: str | Path | None = None,
+        pytorch_model: nn.Module | None = None,
     ) -> None:
         self.sigma_floor: float | None = None
-        if transform is not None:
+        #: A protected model's head, noise and wire/output specs (``transform=veil.load(dir, model)``).
+        self.parts: Parts | None = None
+        self.spec = FACEBOXES
+        if transform is not None and _protected(transform):
+            if noise is not None or head is not None or weights is not None:
+                raise ServingError(
+                    "a protected model's transform brings its own head and noise: pass only it"
+                )
+            self.parts = parts = protected_parts(transform, pytorch_model)
+            recorded = str(parts.meta.get("release_sha256", ""))
+            if expect_release is not None and not recorded.startswith(expect_release.strip().lower()):
+                raise ServingError(
+                    f"release {recorded[:16]}… is not the audited release {expect_release[:16]}…"
+                )
+            head, noise, self.sigma_floor, self.spec = parts.head, parts.noise, parts.sigma_floor, parts.spec
+            model = model or parts.spec.noisy
+        elif transform is not None:
             if noise is not None:
                 raise ServingError("give transform=... or noise=..., not both (the noise comes from it)")
             tr, head = _transform_parts(transform, head, weights, expect_release)
@@ -147,7 +143,7 @@ class VeilClient:
                 f"noise must be a veil NoiseTransform, not {type(noise).__name__}: its σ is checked before "
                 "sending (or pass allow_clean=True)"
             )
-        self.url, self.protocol, self.tls = _split_url(url, protocol)
+        self.url, self.protocol, self.tls = split_url(url, protocol)
         if ca_cert is not None and not self.tls:
             raise ServingError("ca_cert is for TLS: use an https:// or grpcs:// URL")
         if ca_cert is not None and not Path(ca_cert).is_file():
@@ -252,12 +248,18 @@ class VeilClient:
         self._ready = True
 
     # -- inference ----------------------------------------------------------------------------------
-    def infer(self, activation: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
-        """Send an activation batch as-is -> (loc, conf logits), the tail's signature.
+    def infer(self, activation: Tensor | np.ndarray) -> Any:
+        """FaceBoxes: send an activation batch as-is -> (loc, conf logits), the tail's signature.
 
         The low-level call sends what it is given, so it needs ``allow_clean=True``; :meth:`detect` is the
         one that runs the head and the noise.
+
+        A protected model (``transform=veil.load(dir, model)``): ``activation`` is the model's input; the
+        head and the noise run here, only the release is sent, and the tail's outputs come back in the
+        model's own structure (tensor, tuple, dict).
         """
+        if self.parts is not None:
+            return self._infer_protected(activation)
         if not self.allow_clean:
             raise ServingError(
                 "infer() sends a tensor as given: use detect(images), which adds the noise, "
@@ -277,35 +279,43 @@ class VeilClient:
         score_t = torch.from_numpy(np.concatenate(scores))
         return loc_t, scores_to_logits(score_t)
 
-    def _send(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _send(self, x: np.ndarray) -> list[np.ndarray]:
+        """One request of at most ``max_batch_size``: the outputs in the spec's order."""
         try:
-            check_activation(x, self.max_batch_size)
+            check_wire(x, self.spec.input, self.max_batch_size)
         except Exception as exc:
             raise ServingError(f"not sending: {exc}") from None
         if not self._ready:
             self.check_ready()
         client = self._connect()
         self.last_sent = x.copy()
+        inputs, outputs = request(self.protocol, self.spec, x)
+        extra = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
         try:
-            if self.protocol == "http":
-                import tritonclient.http as tc
-
-                inp = tc.InferInput(INPUT_NAME, list(x.shape), "FP32")
-                inp.set_data_from_numpy(x, binary_data=True)
-                outs = [tc.InferRequestedOutput(n, binary_data=True) for n in (LOC_NAME, SCORES_NAME)]
-                result = client.infer(self.model, [inp], outputs=outs, headers=self.headers)
-            else:
-                import tritonclient.grpc as tg
-
-                inp = tg.InferInput(INPUT_NAME, list(x.shape), "FP32")
-                inp.set_data_from_numpy(x)
-                outs = [tg.InferRequestedOutput(n) for n in (LOC_NAME, SCORES_NAME)]
-                result = client.infer(
-                    self.model, [inp], outputs=outs, headers=self.headers, client_timeout=self.timeout
-                )
+            result = client.infer(self.model, inputs, outputs=outputs, headers=self.headers, **extra)
         except Exception as exc:
             raise self._fail(f"inference on {self.model!r}", exc) from exc
-        return result.as_numpy(LOC_NAME), result.as_numpy(SCORES_NAME)
+        return leaves(result, self.spec, len(x))
+
+    def _infer_protected(self, x: Tensor | np.ndarray) -> Any:
+        parts = self.parts
+        assert parts is not None
+        x = torch.as_tensor(x)
+        with torch.inference_mode():
+            device = next(parts.head.parameters(), torch.empty(0)).device
+            clean = parts.head(x.to(device))
+            self._check_noise(clean)
+            sent = parts.noise(clean.clone())  # a clone: an in-place noise must not alter the reference
+            if torch.equal(sent, clean):
+                raise ServingError("the noise left the activation unchanged: refusing to send it clean")
+        wire = np.ascontiguousarray(sent.detach().cpu().numpy(), dtype=self.spec.input.numpy_dtype)
+        chunks = [
+            self._send(wire[i : i + self.max_batch_size]) for i in range(0, len(wire), self.max_batch_size)
+        ]
+        outs = [
+            torch.from_numpy(np.concatenate([c[k] for c in chunks])) for k in range(len(self.spec.outputs))
+        ]
+        return unflatten(outs, self.spec.treespec)
 
     @torch.inference_mode()
     def release(self, images: Sequence[Tensor]) -> tuple[Tensor, Batch]:
@@ -350,6 +360,8 @@ class VeilClient:
 
     def detect(self, images: Sequence[Tensor]) -> list[Tensor]:
         """Boxes [M, 5] (x1, y1, x2, y2, score) per image, decoded locally from the server's outputs."""
+        if self.parts is not None:
+            raise ServingError("detect() is FaceBoxes' post-processing: use infer(x) for a protected model")
         sent, batch = self.release(images)
         loc, conf = self._infer(sent)
         return self.post(loc, conf, batch)

@@ -31,6 +31,19 @@ def export_triton(
 ) -> None:
     """The command's body, callable with a noise-trained tail (``tail_state_dict``) for the noisy model."""
     from veil.serve.export import build_tails, export_triton_repository
+    from veil.serve.spec import is_generic
+
+    if transform is not None and is_generic(transform):
+        from veil.serve.generic import export_triton as export_generic
+
+        done = export_generic(
+            transform, out, backend=backend, gpu=gpu, max_batch_size=max_batch_size, instances=instances,
+            overwrite=overwrite,
+        )  # fmt: skip
+        for name, diff in done.max_abs_diff.items():
+            typer.echo(f"{name}: {backend} tail from {transform} (max abs diff {diff:.2g})")
+        typer.echo(f"model repository -> {done.path}")
+        return
 
     base, noisy = build_tails(weights, tail_state_dict=tail_state_dict)
     if transform is not None:
@@ -67,7 +80,11 @@ def triton(
     instances: int = typer.Option(1, min=1, help="Model instances per model (instance_group count)."),
     overwrite: bool = typer.Option(False, help="Replace an existing repository (atomically)."),
     transform: Path | None = typer.Option(
-        None, "--transform", "-t", help="Transform directory: face_detection_noisy gets its tail."
+        None,
+        "--transform",
+        "-t",
+        help="Transform directory: face_detection_noisy gets its tail; one made by veil.protect "
+        "exports its own tail (no --weights).",
     ),
     backend: str = typer.Option(
         "libtorch",
@@ -78,8 +95,13 @@ def triton(
 ) -> None:
     """Write face_detection_base and face_detection_noisy for Triton (TorchScript, ONNX or Python)."""
     check_writable(out, "--out")
+    from veil.serve.spec import is_generic  # no torch: reads transform.json
+
+    generic = transform is not None and is_generic(transform)
+    if generic and weights is not None:
+        raise typer.BadParameter("a protected model's transform carries its tail: drop --weights")
     export_triton(
-        resolve_weights(weights),
+        Path() if generic else resolve_weights(weights),
         out,
         gpu=gpu,
         max_batch_size=max_batch_size,

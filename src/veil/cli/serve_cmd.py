@@ -16,6 +16,12 @@ if TYPE_CHECKING:  # torch loads inside the command: `veil --help` stays fast
     import torch
 
 
+def _generic(transform: Path) -> bool:
+    from veil.serve.spec import is_generic
+
+    return is_generic(transform)
+
+
 def run_server(
     *,
     model_repository: Path | None = None,
@@ -70,6 +76,11 @@ def run_server(
     if model_repository is not None:
         server = VeilServer.from_repository(model_repository, config, device=device)
         source = f"TorchScript tails from {model_repository}"
+    elif transform is not None and _generic(transform):
+        if weights is not None or tail_state_dict is not None:
+            raise VeilError("a protected model's transform carries its tail (tail.pt): drop --weights")
+        server = VeilServer.from_transform(transform, config, device=device)
+        source = f"the protected tail of {transform} (its noisy model only)"
     elif transform is not None:
         from veil.pipeline import transform_tail
 
@@ -126,7 +137,11 @@ def serve(
         None, "--weights", "-w", help="Serve tails built from this checkpoint; default: $VEIL_WEIGHTS."
     ),
     transform: Path | None = typer.Option(
-        None, "--transform", "-t", help="Transform directory: face_detection_noisy runs its tail."
+        None,
+        "--transform",
+        "-t",
+        help="Transform directory: face_detection_noisy runs its tail; one made by veil.protect is "
+        "served alone (its tail.pt, no --weights).",
     ),
     host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 exposes the server)."),
     http_port: int = typer.Option(8000, min=1, max=65535, help="HTTP port."),
@@ -185,7 +200,7 @@ def serve(
         help="Check gRPC requests in front of Triton 2.51 (message size, batch sizes, token).",
     ),
 ) -> None:
-    """Start Triton serving face_detection_base and face_detection_noisy until Ctrl+C."""
+    """Start Triton serving face_detection_base and face_detection_noisy (or a protected model's tail)."""
     check_writable(triton_log, "--triton-log", folder=False)
     check_writable(record, "--record")
     set_threads(threads)

@@ -114,7 +114,7 @@ def _problem(head: _Head, body: bytes, max_batch_size: int, token: str | None) -
     return infer_json_problem(parsed, max_batch_size) if api == "inference" else None
 
 
-def body_length(head: _Head) -> int | tuple[int, str, str]:
+def body_length(head: _Head, limit: int = MAX_BODY_BYTES) -> int | tuple[int, str, str]:
     """The announced body length, or why the request is refused before its body is read."""
     if "transfer-encoding" in head.headers:
         return 411, "Length Required", "chunked requests are not accepted: send a Content-Length"
@@ -122,11 +122,11 @@ def body_length(head: _Head) -> int | tuple[int, str, str]:
         length = int(head.headers.get("content-length", "0"))
     except ValueError:
         return 400, "Bad Request", "Content-Length must be an integer"
-    if not 0 <= length <= MAX_BODY_BYTES:
+    if not 0 <= length <= limit:
         return (
             413,
             "Payload Too Large",
-            f"body of {length} bytes exceeds {MAX_BODY_BYTES}: send smaller batches",
+            f"body of {length} bytes exceeds {limit}: send smaller batches",
         )
     return length
 
@@ -173,9 +173,10 @@ class HttpGuard:
         *,
         max_batch_size: int = MAX_BATCH_SIZE,
         token: str | None = None,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self.host, self.port, self.upstream = host, port, upstream
-        self.max_batch_size, self.token = max_batch_size, token
+        self.max_batch_size, self.token, self.max_body_bytes = max_batch_size, token, max_body_bytes
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -218,7 +219,7 @@ class HttpGuard:
                         (status, _REASONS.get(status, "Request Header Fields Too Large"), str(exc)),
                     )
                     break
-                length = body_length(head)
+                length = body_length(head, self.max_body_bytes)
                 if isinstance(length, tuple):
                     self._refuse(writer, head, length)
                     break

@@ -21,9 +21,12 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 import torch
 from torch import nn
@@ -36,7 +39,8 @@ from veil.serve.export import (
     _write_tree_atomically,
     model_config_text,
 )
-from veil.serve.validate import ACCESS_HEADER, ACTIVATION_DIMS, MAX_BATCH_SIZE
+from veil.serve.spec import FACEBOXES, ServedSpec
+from veil.serve.validate import ACCESS_HEADER, MAX_BATCH_SIZE
 
 #: Endpoints that need the access token (PyTriton 0.7's defaults).
 RESTRICTED_APIS = ("shared-memory", "model-repository", "statistics", "trace", "logging")
@@ -59,6 +63,7 @@ def write_served_repository(
     instances: int = 1,
     max_queue_delay_us: int = 2000,
     parameters: Mapping[str, str] | None = None,
+    spec: ServedSpec = FACEBOXES,
 ) -> None:
     """A Python-backend repository of tails prepared for serving (``{name: ScoresTail or TorchScript}``),
     written atomically; eager modules are traced on their own device."""
@@ -66,7 +71,7 @@ def write_served_repository(
     for name, module in served.items():
         if not isinstance(module, torch.jit.ScriptModule):
             device = next(module.parameters()).device
-            module = _trace(module, torch.zeros(1, *ACTIVATION_DIMS, device=device))
+            module = _trace(module, torch.zeros(spec.example_shape(1), device=device))
         buf = io.BytesIO()
         with _quiet_jit():
             torch.jit.save(module, buf)
@@ -80,6 +85,7 @@ def write_served_repository(
             backend="python",
             max_queue_delay_us=max_queue_delay_us,
             parameters=parameters,
+            spec=spec,
         )
         files[f"{name}/config.pbtxt"] = config.encode()
     _write_tree_atomically(Path(out), files)
@@ -283,3 +289,49 @@ class TritonProcess:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=15)
+
+
+def _check_ports_free(host: str, ports: tuple[int, ...]) -> None:
+    """Fail fast with a clear message (Triton itself would only time out the start-up check)."""
+    if len(set(ports)) != len(ports):
+        raise ServingError(f"HTTP, gRPC and metrics ports must differ, got {ports}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for port in ports:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError as exc:
+                raise ServingError(
+                    f"cannot listen on {host}:{port} ({exc.strerror}): choose another port"
+                ) from None
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``stop`` (main thread only); previous handlers are restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def free_ports(n: int = 3) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1 (bound together so they cannot collide)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()

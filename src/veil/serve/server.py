@@ -31,15 +31,11 @@ import copy
 import os
 import secrets
 import shutil
-import signal
-import socket
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import torch
@@ -47,8 +43,17 @@ from torch import nn
 
 from veil.errors import ServingError
 from veil.serve.export import ScoresTail, build_tails, frozen_for_serving, load_repository
-from veil.serve.python_backend import connectable_host, ensure_libpython_on_ld_path, grpc_target, unix_address
+from veil.serve.python_backend import (
+    _check_ports_free,
+    _stop_on_signals,
+    connectable_host,
+    ensure_libpython_on_ld_path,
+    free_ports,
+    grpc_target,
+    unix_address,
+)
 from veil.serve.pytriton_engine import RequestHook, TailRunner, start_pytriton
+from veil.serve.spec import FACEBOXES, ServedSpec
 from veil.serve.validate import BASE_MODEL, MAX_BATCH_SIZE, NOISY_MODEL
 
 ENGINES = ("python", "pytriton")
@@ -129,11 +134,14 @@ class VeilServer:
         *,
         device: str | torch.device = "cpu",
         on_request: RequestHook | None = None,
+        spec: ServedSpec = FACEBOXES,
     ) -> None:
         if not tails:
             raise ServingError("nothing to serve: no tails given")
         self.config = config or ServerConfig()
-        self.device = torch.device(device)
+        self.device, self.spec = torch.device(device), spec
+        if spec is not FACEBOXES and self.config.engine != "python":
+            raise ServingError("a protected model's tail is served by the python engine only")
         served: dict[int, nn.Module] = {}  # one frozen copy per distinct module (base may be noisy)
         for tail in tails.values():
             if id(tail) not in served:
@@ -191,6 +199,19 @@ class VeilServer:
         models = load_repository(path, device)
         return cls({name: module for name, (_, module) in models.items()}, config, device=device, **kwargs)
 
+    @classmethod
+    def from_transform(
+        cls, path: str | Path, config: ServerConfig | None = None, *, device: str = "cpu", **kwargs: Any
+    ) -> VeilServer:
+        """Serve a protected model's tail (``tail.pt`` of a :func:`veil.protect` transform directory).
+
+        Only its noisy model (the transform's ``triton.noisy`` name) is served: see :mod:`veil.serve.generic`.
+        """
+        from veil.serve.generic import load_served_tail
+
+        spec, tail, _ = load_served_tail(path, device)
+        return cls({spec.noisy: tail}, config, device=device, spec=spec, **kwargs)
+
     @property
     def endpoints(self) -> Endpoints:
         host = connectable_host(self.config.host)
@@ -228,17 +249,23 @@ class VeilServer:
                 http = unix_address(sockets / "http") if c.http_guard else (c.host, c.http_port)
                 grpc = unix_address(sockets / "grpc") if c.grpc_guard else (c.host, c.grpc_port)
                 self._triton = self._start_python_engine(self._workspace, http, grpc)
+            body = self.spec.max_body_bytes(c.max_batch_size)
             if c.http_guard:
                 from veil.serve.guard import HttpGuard
 
                 upstream = http[0][len("unix:") :] if http[0].startswith("unix:") else http
-                kw = {"max_batch_size": c.max_batch_size, "token": self._token}
+                kw = {"max_batch_size": c.max_batch_size, "token": self._token, "max_body_bytes": body}
                 self._guards.append(HttpGuard(c.host, c.http_port, upstream, **kw).start())  # type: ignore[arg-type]
             if c.grpc_guard:
                 from veil.serve.grpc_guard import GrpcGuard
 
                 guard = GrpcGuard(
-                    c.host, c.grpc_port, grpc_target(grpc), max_batch_size=c.max_batch_size, token=self._token
+                    c.host,
+                    c.grpc_port,
+                    grpc_target(grpc),
+                    max_batch_size=c.max_batch_size,
+                    token=self._token,
+                    max_message_bytes=body,
                 )
                 self._guards.append(guard.start())
         except BaseException:
@@ -286,6 +313,7 @@ class VeilServer:
             instances=instances,
             max_queue_delay_us=c.max_queue_delay_us,
             parameters=params,
+            spec=self.spec,
         )
         guarded = c.http_guard and c.grpc_guard  # the guards check the token: keep it off argv
         process = TritonProcess(
@@ -349,50 +377,11 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _check_ports_free(host: str, ports: tuple[int, ...]) -> None:
-    """Fail fast with a clear message (Triton itself would only time out the start-up check)."""
-    if len(set(ports)) != len(ports):
-        raise ServingError(f"HTTP, gRPC and metrics ports must differ, got {ports}")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for port in ports:
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((host, port))
-            except OSError as exc:
-                raise ServingError(
-                    f"cannot listen on {host}:{port} ({exc.strerror}): choose another port"
-                ) from None
-
-
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM set ``stop`` (main thread only); previous handlers are restored afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-__all__ = ["Endpoints", "RequestHook", "ServerConfig", "VeilServer", "ensure_libpython_on_ld_path"]
-
-
-def free_ports(n: int = 3) -> list[int]:
-    """``n`` distinct free TCP ports on 127.0.0.1 (bound together so they cannot collide)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+__all__ = [
+    "Endpoints",
+    "RequestHook",
+    "ServerConfig",
+    "VeilServer",
+    "ensure_libpython_on_ld_path",
+    "free_ports",
+]

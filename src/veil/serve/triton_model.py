@@ -5,6 +5,11 @@ This file is copied verbatim next to ``model.pt`` (``veil export triton --backen
 import torch. Compared with PyTriton's proxy there is no second process and no extra copy per request:
 the tensors Triton hands the stub go straight into the tail.
 
+Its input and output names, the input's rank and the outputs' dtypes come from the ``model_config`` Triton
+passes to ``initialize`` (``config.pbtxt``, written from the transform's wire and output specs), so one file
+serves FaceBoxes (``INPUT__0`` -> ``OUTPUT__0``, ``OUTPUT__1``) and any tail veil protects; the TorchScript
+returns a flat tuple of the model's output leaves (a lone tensor or a dict of tensors also works).
+
 Per request, before batching: a float input holding NaN or Inf, or not shaped [N, ...] with
 1 <= N <= max_batch_size, is answered INVALID_ARG (HTTP 400) on its own, so one bad client never fails
 the good requests batched with it. Triton's frontend has already checked the input's name, dtype, shape
@@ -37,8 +42,27 @@ import torch
 import triton_python_backend_utils as pb_utils  # provided by Triton's backend stub
 
 MODEL_FILE = "model.pt"
-INPUT = "INPUT__0"
-OUTPUTS = ("OUTPUT__0", "OUTPUT__1")
+#: config.pbtxt data types -> numpy (what the outputs are cast to before they are answered).
+NUMPY_TYPES = {
+    "TYPE_FP32": np.float32,
+    "TYPE_FP16": np.float16,
+    "TYPE_FP64": np.float64,
+    "TYPE_INT64": np.int64,
+    "TYPE_INT32": np.int32,
+    "TYPE_INT16": np.int16,
+    "TYPE_INT8": np.int8,
+    "TYPE_UINT8": np.uint8,
+    "TYPE_BOOL": np.bool_,
+}
+
+
+def _leaves(out: Any) -> list[Any]:
+    """The tail's outputs as a flat list (veil serves flat tuples; a lone tensor or a dict also works)."""
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [leaf for item in out for leaf in _leaves(item)]
+    return [out]
 
 
 def _param(config: dict[str, Any], key: str, default: str) -> str:
@@ -102,6 +126,10 @@ class TritonPythonModel:
         if folder and threads > 0 and alone > threads and self.device.type == "cpu":
             self.cores = _Cores(folder, self.name, alone, threads)
         self.max_batch = int(config.get("max_batch_size", 0))
+        # names, rank and dtypes from config.pbtxt (written from the transform's wire and output specs)
+        (spec,) = config["input"]
+        self.input, self.rank = spec["name"], len(spec.get("dims", [])) + 1
+        self.outputs = [(o["name"], NUMPY_TYPES.get(o["data_type"], np.float32)) for o in config["output"]]
         self.record_dir = os.environ.get("VEIL_RECORD_DIR") or None
         self.record_left = [
             int(os.environ.get("VEIL_RECORD_MAX_BYTES", 1 << 30)),
@@ -139,26 +167,34 @@ class TritonPythonModel:
         arrays: list[tuple[int, np.ndarray]] = []
         for i, request in enumerate(requests):
             # Triton's frontend has checked name, dtype and shape; the values are ours to check
-            array = pb_utils.get_input_tensor_by_name(request, INPUT).as_numpy()
-            if array.ndim != 4 or not 1 <= array.shape[0] <= (self.max_batch or array.shape[0]):
-                answers[i] = _invalid(f"input {INPUT!r}: batch size must be 1..{self.max_batch}")
+            array = pb_utils.get_input_tensor_by_name(request, self.input).as_numpy()
+            if array.ndim != self.rank or not 1 <= array.shape[0] <= (self.max_batch or array.shape[0]):
+                answers[i] = _invalid(f"input {self.input!r}: batch size must be 1..{self.max_batch}")
                 continue
-            if not np.isfinite(array).all():
-                answers[i] = _invalid(f"input {INPUT!r} contains NaN or Inf values")
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                answers[i] = _invalid(f"input {self.input!r} contains NaN or Inf values")
                 continue
             if self.record_dir is not None:
                 self._record(array)
             arrays.append((i, array))
         if arrays:
             batch = torch.from_numpy(np.concatenate([a for _, a in arrays]))
-            batch = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+            batch = batch.to(self.device)
+            if batch.dim() == 4:
+                batch = batch.contiguous(memory_format=torch.channels_last)
             with self.cores, torch.inference_mode():
-                outputs = [t.float().cpu().numpy() for t in self.tail(batch)]
+                leaves = _leaves(self.tail(batch))
+            if len(leaves) != len(self.outputs):
+                got, want = len(leaves), len(self.outputs)
+                raise pb_utils.TritonModelException(f"{self.name}: tail gave {got} outputs, not {want}")
+            leaves = [t.float() if t.dtype == torch.bfloat16 else t for t in leaves]
+            outputs = [t.cpu().numpy().astype(d, copy=False) for t, (_, d) in zip(leaves, self.outputs)]  # noqa: B905
             start = 0
             for i, array in arrays:
                 end = start + array.shape[0]
                 parts = [np.ascontiguousarray(o[start:end]) for o in outputs]
-                tensors = [pb_utils.Tensor(n, o) for n, o in zip(OUTPUTS, parts)]  # noqa: B905 (3.8 stubs)
+                names = [n for n, _ in self.outputs]
+                tensors = [pb_utils.Tensor(n, o) for n, o in zip(names, parts)]  # noqa: B905 (3.8 stubs)
                 answers[i] = pb_utils.InferenceResponse(output_tensors=tensors)
                 start = end
         return [answers[i] for i in range(len(requests))]
