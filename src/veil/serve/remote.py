@@ -80,7 +80,7 @@ def protected_parts(transform: Any, pytorch_model: nn.Module | None = None) -> P
             )
         import veil
 
-        transform = veil.load(transform, pytorch_model)  # type: ignore[attr-defined]
+        transform = veil.load(transform, pytorch_model)
     meta = _meta(transform)
     if meta is None or "wire_spec" not in meta:
         raise ServingError("transform=... is not a protected model's transform (no wire_spec)")
