@@ -1,6 +1,7 @@
 """veil: confidential inference by learned noise on a split model.
 
-Data flows one way: image -> head -> noise -> wire -> tail -> boxes.
+Data flows one way: input -> head -> noise -> wire -> tail -> outputs. ``veil.protect`` does it for any
+PyTorch model. The public names below are loaded on first use, so ``import veil`` stays torch-free.
 """
 
 from typing import Any
@@ -11,6 +12,10 @@ __version__ = "0.1.0"
 #: Public names loaded on first use (``import veil`` stays torch-free): name -> module that defines it.
 _LAZY = {
     "export_triton": "veil.serve.generic",
+    "protect": "veil.protect",
+    "split_points": "veil.protect",
+    "load": "veil.protect",
+    "Protected": "veil.protect",
 }
 __all__ = ["VeilError", "__version__", *_LAZY]
 
@@ -19,5 +24,8 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        # importing veil.protect set ``veil.protect`` to that package: the public name is the function
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'veil' has no attribute {name!r}")

@@ -11,6 +11,11 @@ records how the transform was made and three digests, all checked on loading:
   suppressed share; canonical JSON, :func:`release_spec`) together with the noise and fine-tuned head tensors.
   A privacy audit quotes it; ``veil tune-tail`` keeps it; a client can pin it (``expect_release``).
 
+A transform made by :func:`veil.protect` for any model (``"kind": "generic"``, see :mod:`veil.protect.store`)
+adds :data:`GENERIC_RELEASE_FIELDS` to its release spec (model fingerprint, input, wire and output specs,
+task, alpha, feature axis) and may hold more files (the TorchScript tail), whose SHA-256 its meta records.
+FaceBoxes transforms have no ``kind``, so their release spec — and their recorded digests — stay as they were.
+
 The digests catch corruption, accidental edits and a release that no longer matches its audit. They are not
 signatures: whoever can rewrite the client's files can recompute them (pin ``release_sha256`` out of band).
 """
@@ -60,6 +65,19 @@ RELEASE_FIELDS = (
     "sigma_floor",
     "suppressed_fraction",
 )
+#: Also in the release spec of a generic (:func:`veil.protect`) transform, i.e. one whose meta has
+#: ``"kind": "generic"``; absent from FaceBoxes transforms' specs, so their digests are unchanged.
+GENERIC_RELEASE_FIELDS = (
+    "kind",
+    "model_fingerprint",
+    "input_spec",
+    "wire_spec",
+    "output_spec",
+    "task",
+    "alpha",
+    "feature_axis",
+)
+GENERIC = "generic"
 
 
 @dataclass
@@ -115,6 +133,9 @@ def release_spec(meta: dict[str, Any], noise: NoiseTransform | None = None) -> d
     """The recorded fields that shape what is sent (:data:`RELEASE_FIELDS`); ``noise``'s own σ bounds,
     granularity and shape replace the recorded ones, so a noise module altered in memory is caught too."""
     spec = {key: meta.get(key) for key in RELEASE_FIELDS}
+    generic = meta.get("kind") == GENERIC
+    if generic:
+        spec.update({key: meta.get(key) for key in GENERIC_RELEASE_FIELDS})
     if noise is not None:
         spec.update(
             smin=noise.smin,
@@ -122,6 +143,8 @@ def release_spec(meta: dict[str, Any], noise: NoiseTransform | None = None) -> d
             granularity=noise.granularity,
             activation_shape=list(noise.shape),
         )
+        if generic or noise.feature_axis:  # a FaceBoxes transform's axis is 0 and not recorded
+            spec["feature_axis"] = noise.feature_axis
     return {"format": RELEASE_FORMAT, **spec}
 
 
@@ -182,11 +205,15 @@ def save_transform(
     head_state: dict[str, Tensor] | None = None,
     *,
     weights: str | Path | None = None,
+    head_sha256: str | None = None,
+    files: dict[str, bytes] | None = None,
 ) -> Path:
     """Write the directory atomically (build it beside the target, then rename into place).
 
     ``weights`` (default: the ``train.weights`` the meta records, if it is the recorded base checkpoint)
-    lets the head's fingerprint be recorded. Non-finite tensors are refused before anything is written.
+    lets the head's fingerprint be recorded; ``head_sha256`` gives it directly (a model with no weights
+    file). ``files`` (name -> bytes) are written into the directory too; the caller records their digests
+    in ``meta``. Non-finite tensors are refused before anything is written.
     """
     from veil import __version__
     from veil.models.checkpoint import sha256_file
@@ -211,14 +238,20 @@ def save_transform(
             "suppressed_fraction": noise.suppressed_fraction,
             "mean_sigma": float(noise.mean_sigma().detach()),
             "sigma_floor": noise.sigma_floor(),
-            "head_sha256": _head_fingerprint(meta, head_state, weights),
+            "head_sha256": head_sha256 or _head_fingerprint(meta, head_state, weights),
         }
     )
+    if "feature_axis" in meta or noise.feature_axis:
+        record["feature_axis"] = noise.feature_axis
     record["release_sha256"] = _release_sha256(release_spec(record), release_tensors(noise, head_state))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp / TENSORS))
+        for name, data in (files or {}).items():
+            if Path(name).name != name or name in (TENSORS, META):
+                raise TransformError(f"cannot store a file named {name!r} in a transform directory")
+            (tmp / name).write_bytes(data)
         record["tensors_sha256"] = sha256_file(tmp / TENSORS)
         record["meta_sha256"] = meta_digest(record)
         (tmp / META).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
@@ -268,7 +301,13 @@ def _check_meta(meta_file: Path, meta: dict[str, Any]) -> None:
 def _build_noise(path: Path, meta: dict[str, Any], tensors: dict[str, Tensor]) -> NoiseTransform:
     try:
         shape = tuple(int(s) for s in meta["activation_shape"])
-        noise = NoiseTransform(shape, smin=meta["smin"], smax=meta["smax"], granularity=meta["granularity"])
+        noise = NoiseTransform(
+            shape,
+            smin=meta["smin"],
+            smax=meta["smax"],
+            granularity=meta["granularity"],
+            feature_axis=int(meta.get("feature_axis", 0)),
+        )
     except (KeyError, TypeError, ValueError, VeilError) as exc:
         why = " ".join(str(exc).split())[:120]
         raise TransformError(f"{path / META}: bad noise settings ({why})") from None

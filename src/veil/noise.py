@@ -11,6 +11,11 @@ adds a per-element offset to the per-channel rho, so an image whose content the 
 face, detected from coarse features) can get more noise than a crowd of small faces. The network runs on the
 client; an attacker is assumed to know it, but not the clean activation it was applied to.
 
+Any rank: ``shape`` is the activation without its batch dimension — (C, H, W) images, (T, D) token sequences,
+(D,) vectors. A per-channel transform has one (mu, rho) per index of ``feature_axis`` (an axis of ``shape``;
+default 0, the channels of an image; ``-1`` for tokens: one per feature, shared by every position) and works
+at any size along the other axes; a per-element transform needs exactly ``shape``.
+
 Every call draws fresh noise from a generator seeded from OS entropy, so whoever receives the output
 cannot predict or replay the noise; ``seed=`` exists for tests only.
 """
@@ -50,7 +55,8 @@ class SigmaNet(nn.Module):
 class NoiseTransform(nn.Module):
     """``x -> x + mu + sigma * eps`` with learned per-element (or per-channel) mu and rho.
 
-    ``shape`` is the activation's shape without the batch dimension, e.g. (128, 32, 32).
+    ``shape`` is the activation's shape without the batch dimension, e.g. (128, 32, 32) or (T, D).
+    ``feature_axis`` (per-channel only, an axis of ``shape``) is the axis with its own (mu, rho).
     """
 
     keep: Tensor  # buffer: False where an element is suppressed (replaced by mu)
@@ -64,6 +70,7 @@ class NoiseTransform(nn.Module):
         granularity: Granularity = "element",
         rho_init: float = -1.0,
         seed: int | None = None,
+        feature_axis: int = 0,
     ) -> None:
         super().__init__()
         if not 0.0 <= smin < smax:
@@ -72,9 +79,16 @@ class NoiseTransform(nn.Module):
             raise InputError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
         self.shape = tuple(int(s) for s in shape)
         self.smin, self.smax, self.granularity = float(smin), float(smax), granularity
-        param_shape = (
-            self.shape if granularity == "element" else (self.shape[0],) + (1,) * (len(self.shape) - 1)
-        )
+        if not self.shape or not -len(self.shape) <= int(feature_axis) < len(self.shape):
+            raise InputError(
+                f"feature_axis {feature_axis} is not an axis of the activation shape {self.shape}"
+            )
+        self.feature_axis = int(feature_axis) % len(self.shape)  # stored non-negative
+        if granularity == "conditional" and (len(self.shape) != 3 or self.feature_axis != 0):
+            raise InputError("granularity 'conditional' needs (C, H, W) activations with feature_axis 0")
+        param_shape = self.shape
+        if granularity != "element":
+            param_shape = tuple(s if i == self.feature_axis else 1 for i, s in enumerate(self.shape))
         self.mu = nn.Parameter(torch.zeros(param_shape))
         self.rho = nn.Parameter(torch.full(param_shape, float(rho_init)))
         self.register_buffer("keep", torch.ones(param_shape, dtype=torch.bool))
@@ -173,8 +187,21 @@ class NoiseTransform(nn.Module):
         return gen
 
     def check(self, x: Tensor) -> None:
-        """One-line error for an activation of the wrong shape."""
+        """One-line error for an activation of the wrong shape (per-channel: of the wrong rank or width)."""
+        if self.granularity == "channel" and x.dim() == len(self.shape) + 1:
+            axis = self.feature_axis
+            if x.shape[axis + 1] == self.shape[axis]:
+                return  # any size along the other axes
+            raise InputError(
+                f"activation shape {tuple(x.shape)} has {x.shape[axis + 1]} features on axis {axis + 1}, "
+                f"this transform {self.shape[axis]}: was it trained for another split point or model?"
+            )
         if tuple(x.shape[1:]) != self.shape:
+            if self.granularity == "element" and x.dim() == len(self.shape) + 1:
+                raise InputError(
+                    f"activation shape {tuple(x.shape)} does not fit this transform's {('N', *self.shape)}: "
+                    "a per-element transform needs that exact input size (a per-channel one takes any)"
+                )
             raise InputError(
                 f"activation shape {tuple(x.shape)} does not fit this transform's {('N', *self.shape)}: "
                 "was it trained for another split point or input size?"
@@ -204,7 +231,8 @@ class NoiseTransform(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return f"shape={self.shape}, smin={self.smin}, smax={self.smax}, granularity={self.granularity}"
+        axis = f", feature_axis={self.feature_axis}" if self.feature_axis else ""
+        return f"shape={self.shape}, smin={self.smin}, smax={self.smax}, granularity={self.granularity}{axis}"
 
 
 def snr_db(clean: Tensor, released: Tensor) -> float:
