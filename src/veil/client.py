@@ -33,7 +33,7 @@ from veil.imageio import FACEBOXES_MEAN_BGR, Batch, preprocess
 from veil.noise import NoiseTransform
 from veil.serve.export import scores_to_logits
 from veil.serve.remote import PROTOCOLS as PROTOCOLS  # re-exported
-from veil.serve.remote import Parts, is_protected, leaves, protected_parts, request, split_url
+from veil.serve.remote import Parts, eval_mode, is_protected, leaves, protected_parts, request, split_url
 from veil.serve.spec import FACEBOXES, check_wire, unflatten
 from veil.serve.validate import ACCESS_HEADER, BASE_MODEL, INPUT_SIZE, MAX_BATCH_SIZE, NOISY_MODEL
 
@@ -301,7 +301,7 @@ class VeilClient:
         parts = self.parts
         assert parts is not None
         x = torch.as_tensor(x)
-        with torch.inference_mode():
+        with torch.inference_mode(), eval_mode(parts.head, parts.noise):
             device = next(parts.head.parameters(), torch.empty(0)).device
             clean = parts.head(x.to(device))
             self._check_noise(clean)

@@ -9,6 +9,8 @@ wire and output specs for the Triton request (:func:`request`) and the reply (:f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,19 @@ def protected_parts(transform: Any, pytorch_model: nn.Module | None = None) -> P
         )
     floor = meta.get("sigma_floor")
     return Parts(spec_from_meta(meta), head, noise, meta, None if floor is None else float(floor))
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Run ``modules`` in eval mode (a Protected may still be training), restoring their modes after."""
+    modes = [(m, m.training) for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        yield
+    finally:
+        for m, mode in modes:
+            m.train(mode)
 
 
 def request(protocol: str, spec: ServedSpec, x: np.ndarray) -> tuple[list[Any], list[Any]]:
