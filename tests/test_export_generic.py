@@ -45,7 +45,7 @@ def test_cli_export_triton_config_matches_the_tail(tmp_path: Path) -> None:
     assert sorted(p.name for p in repo.iterdir()) == ["text_noisy", "veil-export.json"]
     inputs, outputs, cfg = _config(repo, "text_noisy")
     assert cfg.platform == "pytorch_libtorch" and cfg.max_batch_size == 8  # type: ignore[attr-defined]
-    assert inputs == [("INPUT__0", "TYPE_FP32", [12, 32])]
+    assert inputs == [("INPUT__0", "TYPE_FP32", [-1, 32])]  # per-feature noise: any sequence length
     # the tail's real outputs, in the model's pytree order: {"logits": [N, 3], "pooled": [N, 32]}
     assert outputs == [("OUTPUT__0", "TYPE_FP32", [3]), ("OUTPUT__1", "TYPE_FP32", [32])]
     model = torch.jit.load(str(repo / "text_noisy" / "1" / "model.pt"))

@@ -4,17 +4,11 @@ Three small models, none of them FaceBoxes: a torchvision ResNet-18 split at ``l
 ``nn.Sequential`` MLP on 30-feature vectors, and a transformer-style text classifier split after its first
 block (integer tokens in, a float activation on the wire, a dict out). One real Triton per model.
 
-Until ``veil.protect`` / ``veil.load`` land, :func:`make_transform` writes the agreed transform directory
-(transform.json + transform.safetensors + tail.pt, wire/output specs) with ``veil.split.cut`` and
-``veil.artifact.save_transform``, and :func:`load` is the client side's ``veil.load`` stand-in.
+Every transform is made with the public API (``veil.protect(...).fit(...).save(dir)``, ``veil.load``).
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import io
-import types
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +18,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
-from veil.artifact import load_transform, save_transform, state_fingerprint
+import veil
 from veil.client import VeilClient
-from veil.errors import ServingError
-from veil.noise import NoiseTransform
+from veil.errors import ServingError, TransformError
 from veil.serve.server import ServerConfig, VeilServer, free_ports
-from veil.split import cut
 
 pytestmark = pytest.mark.slow
 
@@ -85,81 +77,17 @@ def text() -> tuple[nn.Module, str, Tensor]:
 MODELS = {"resnet": resnet, "mlp": mlp, "text": text}
 
 
-def _leaf_spec(t: Tensor, i: int) -> dict[str, Any]:
-    return {"name": f"OUTPUT__{i}", "dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape[1:])}
-
-
 def make_transform(name: str, out: Path, steps: int = 3) -> Path:
-    """protect -> fit (a few steps) -> save, as the agreed directory format."""
+    """protect -> fit (a few steps) -> save, with the public API."""
     model, split, x = MODELS[name]()
-    head, tail = cut(model, split, x)
-    tail = copy.deepcopy(tail)  # fitted on its own: the model (and its fingerprint) stay as they were
-    with torch.no_grad():
-        act = head(x)
-        want = model(x)
-    axis = act.dim() - 2 if act.dim() == 3 else 0  # tokens: one (mu, rho) per feature
-    noise = NoiseTransform(
-        tuple(act.shape[1:]), smin=0.05, smax=1.0, granularity="channel", feature_axis=axis
-    )
-    params = [*noise.parameters(), *tail.parameters()]
-    opt = torch.optim.Adam(params, lr=1e-3)
-    for _ in range(steps):  # fit: the tail on noisy releases, the noise towards more σ
-        got = tail(noise(act))
-        loss = sum(
-            nn.functional.mse_loss(g, w)
-            for g, w in zip(*(pytree.tree_leaves(o) for o in (got, want)), strict=True)
-        )
-        loss = loss - 0.01 * noise.mean_sigma()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    tail.eval()
-    with torch.no_grad():
-        release = noise(act)
-        traced = torch.jit.trace(tail, release, strict=False)
-        leaves, treespec = pytree.tree_flatten(tail(release))
-    buf = io.BytesIO()
-    torch.jit.save(traced, buf)
-    data = buf.getvalue()
-    meta = {
-        "kind": "generic",
-        "split": split,
-        "task": "classification",
-        "alpha": 0.5,
-        "model_fingerprint": state_fingerprint(model),
-        "input_spec": {"dtype": str(x.dtype).removeprefix("torch."), "shape": list(x.shape[1:])},
-        "wire_spec": {
-            "name": "INPUT__0",
-            "dtype": "float32",
-            "shape": list(act.shape[1:]),
-            "feature_axis": axis,
-            "dynamic": [],
-        },
-        "output_spec": {
-            "treespec": pytree.treespec_dumps(treespec),
-            "leaves": [_leaf_spec(t, i) for i, t in enumerate(leaves)],
-        },
-        "triton": {"base": f"{name}_base", "noisy": f"{name}_noisy"},
-        "feature_axis": axis,
-        "tail_sha256": hashlib.sha256(data).hexdigest(),
-    }
-    return save_transform(
-        out,
-        noise,
-        meta,
-        tail_state=dict(tail.state_dict()),
-        head_sha256=state_fingerprint(head),
-        files={"tail.pt": data},
-    )
+    p = veil.protect(model, split=split, alpha=0.5, example=x, name=name)
+    p.fit([x] * steps, steps=steps, progress=False)
+    return p.save(out)
 
 
 def load(path: Path, model: nn.Module, example: Tensor) -> Any:
-    """``veil.load(dir, model)`` stand-in: the transform, and the head cut from the caller's model."""
-    tr = load_transform(path)
-    if state_fingerprint(model) != tr.meta["model_fingerprint"]:
-        raise ServingError(f"{path} was made for another model")
-    head, _ = cut(model, tr.meta["split"], example)
-    return types.SimpleNamespace(head=head, noise=tr.noise, meta=tr.meta, path=path)
+    """``veil.load(dir, model)``; ``example`` is unused (the input spec rebuilds one)."""
+    return veil.load(path, model)
 
 
 def start(path: Path, **kw: Any) -> VeilServer:
@@ -207,7 +135,7 @@ def test_any_model_through_a_real_triton(tmp_path: Path, name: str) -> None:
         if name == "mlp":
             _bad_requests_refused(server, q.noise.shape)
     other, _, _ = MODELS["mlp" if name != "mlp" else "resnet"]()
-    with pytest.raises(ServingError, match="another model"):
+    with pytest.raises(TransformError, match="model"):
         load(path, other, x)
 
 

@@ -82,7 +82,9 @@ def test_resnet18_at_layer2_round_trips(resnet: nn.Module, tmp_path: Path) -> No
         "feature_axis": 0,
         "dynamic": [1, 2],
     }
-    assert meta["output_spec"]["outputs"] == [{"name": "OUTPUT__0", "dtype": "float32", "shape": [10]}]
+    assert meta["output_spec"]["outputs"] == [
+        {"name": "OUTPUT__0", "dtype": "float32", "shape": [10], "dynamic": []}  # logits: fixed at any size
+    ]
     assert meta["triton"] == {"base": "resnet_base", "noisy": "resnet_noisy"}
     assert meta["input_spec"]["shape"] == [3, 32, 32] and meta["task"] == "classification"
     q = veil.load(out, resnet)
@@ -233,3 +235,20 @@ def test_import_veil_is_lazy() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr
     assert callable(veil.protect) and isinstance(veil.Protected, type)
+
+
+def test_only_sizes_the_tail_accepts_are_dynamic(tmp_path: Path) -> None:
+    """Per-channel noise takes any size, a flatten-into-linear tail does not: save records what varies."""
+    torch.manual_seed(0)
+    fixed = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 2))
+    pooled = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 5, 1))
+    x = torch.randn(2, 3, 8, 8)
+    got = {}
+    for name, model in (("fixed", fixed.eval()), ("pooled", pooled.eval())):
+        p = veil.protect(model, split="1", alpha=0.2, example=x)
+        assert p.meta["wire_spec"]["dynamic"] == [1, 2]  # what the noise alone would accept
+        got[name] = json.loads((p.save(tmp_path / name) / "transform.json").read_text())
+    assert got["fixed"]["wire_spec"]["dynamic"] == []
+    assert got["fixed"]["output_spec"]["outputs"][0]["dynamic"] == []
+    assert got["pooled"]["wire_spec"]["dynamic"] == [1, 2]
+    assert got["pooled"]["output_spec"]["outputs"][0]["dynamic"] == [1, 2]  # (5, H, W) follows the input

@@ -12,10 +12,10 @@ __version__ = "0.1.0"
 #: Public names loaded on first use (``import veil`` stays torch-free): name -> module that defines it.
 _LAZY = {
     "export_triton": "veil.serve.generic",
-    "protect": "veil.protect",
-    "split_points": "veil.protect",
-    "load": "veil.protect",
-    "Protected": "veil.protect",
+    "protect": "veil.protection",
+    "split_points": "veil.protection",
+    "load": "veil.protection",
+    "Protected": "veil.protection",
 }
 __all__ = ["VeilError", "__version__", *_LAZY]
 
@@ -25,7 +25,6 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         value = getattr(importlib.import_module(_LAZY[name]), name)
-        # importing veil.protect set ``veil.protect`` to that package: the public name is the function
         globals()[name] = value
         return value
     raise AttributeError(f"module 'veil' has no attribute {name!r}")

@@ -11,9 +11,10 @@ records how the transform was made and three digests, all checked on loading:
   suppressed share; canonical JSON, :func:`release_spec`) together with the noise and fine-tuned head tensors.
   A privacy audit quotes it; ``veil tune-tail`` keeps it; a client can pin it (``expect_release``).
 
-A transform made by :func:`veil.protect` for any model (``"kind": "generic"``, see :mod:`veil.protect.store`)
-adds :data:`GENERIC_RELEASE_FIELDS` to its release spec (model fingerprint, input, wire and output specs,
-task, alpha, feature axis) and may hold more files (the TorchScript tail), whose SHA-256 its meta records.
+A transform made by :func:`veil.protect` for any model (``"kind": "generic"``, see
+:mod:`veil.protection.store`) adds :data:`GENERIC_RELEASE_FIELDS` to its release spec (model fingerprint,
+input, wire and output specs, task, alpha, feature axis) and may hold more files (the TorchScript tail),
+whose SHA-256 its meta records.
 FaceBoxes transforms have no ``kind``, so their release spec — and their recorded digests — stay as they were.
 
 The digests catch corruption, accidental edits and a release that no longer matches its audit. They are not

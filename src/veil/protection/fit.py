@@ -31,10 +31,10 @@ from tqdm import tqdm
 
 from veil.errors import InputError
 from veil.losses import privacy_loss
-from veil.protect.objectives import LossFn, resolve
+from veil.protection.objectives import LossFn, resolve
 
 if TYPE_CHECKING:
-    from veil.protect import Protected
+    from veil.protection import Protected
 
 
 def batch_input(batch: Any) -> Tensor:

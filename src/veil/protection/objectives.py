@@ -1,4 +1,4 @@
-"""Task losses for :meth:`veil.protect.Protected.fit`: how far noisy outputs are from the clean ones.
+"""Task losses for :meth:`veil.protection.Protected.fit`: how far noisy outputs are from the clean ones.
 
 Label-free: the clean model's own outputs on the same batch are the target, whatever their structure (a
 tensor, a tuple, a dict: any pytree of tensors). Every floating-point leaf counts equally; integer leaves

@@ -1,4 +1,4 @@
-"""Saving and loading a :class:`veil.protect.Protected`: veil's transform directory, generic fields added.
+"""Saving and loading a :class:`veil.protection.Protected`: veil's transform directory, generic fields added.
 
 A directory written by ``Protected.save(dir)`` holds (written atomically by
 :func:`veil.artifact.save_transform`):
@@ -21,11 +21,12 @@ the release spec and so in ``release_sha256``:
 - ``input_spec``: ``{"shape": [...] (no batch), "dtype": "float32", "normalisation": null | {...}}``.
 - ``wire_spec``: what crosses the wire, the release: ``{"name": "INPUT__0", "dtype": "float32", "shape":
   [...] (no batch, as at save time), "feature_axis": k (index into shape), "dynamic": [indices into shape
-  that may differ per request]}``. Per-channel noise accepts any size on the dynamic axes (every axis but
-  the feature axis); per-element noise has none. Whether the *tail* accepts other sizes is the model's
-  business.
+  that may differ per request]}``. Per-channel noise accepts any size on every axis but the feature axis
+  (per-element noise on none); :func:`save` keeps those where the tail also runs at twice the size
+  (:func:`probe_dynamic`).
 - ``output_spec``: ``{"treespec": torch.utils._pytree.treespec_dumps(...) of the model's output structure,
-  "outputs": [{"name": "OUTPUT__i", "dtype": "float32", "shape": [...] (no batch)}, ...]}`` (leaves in
+  "outputs": [{"name": "OUTPUT__i", "dtype": "float32", "shape": [...] (no batch), "dynamic": [dims that
+  follow the wire's dynamic axes]}, ...]}`` (leaves in
   ``tree_flatten`` order; ``tree_unflatten(outputs, treespec_loads(treespec))`` rebuilds the structure).
 - ``task`` (``"regression"``, ``"classification"`` or a callable's name), ``alpha``, ``feature_axis`` (the
   noise's, an index into ``activation_shape``).
@@ -38,6 +39,7 @@ the release spec and so in ``release_sha256``:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import re
@@ -53,7 +55,7 @@ from veil.artifact import GENERIC, load_transform, save_transform, state_fingerp
 from veil.errors import InputError, TransformError
 
 if TYPE_CHECKING:
-    from veil.protect import Protected
+    from veil.protection import Protected
 
 WIRE_NAME = "INPUT__0"
 TAIL_FILE = "tail.pt"
@@ -107,6 +109,34 @@ def output_spec(outputs: Any) -> dict[str, Any]:
     }
 
 
+def probe_dynamic(tail: nn.Module, release: Tensor, wire: dict[str, Any], outputs: dict[str, Any]) -> None:
+    """Keep only the wire axes the tail really accepts at another size, and mark the output dims that follow.
+
+    The noise alone would accept any size on every axis but the feature axis (per-channel noise); the tail
+    may not (a flatten into a linear layer). Each candidate axis is tried at twice its size: where the tail
+    fails, the axis is fixed; where it runs, every output dim that changed is recorded as dynamic
+    (``outputs[...]["dynamic"]``), so Triton's config says ``-1`` exactly where sizes vary.
+    """
+    with torch.no_grad():
+        base = [v.shape for v in pytree.tree_leaves(tail(release))]
+        kept: list[int] = []
+        follow: list[set[int]] = [set() for _ in base]
+        for axis in wire["dynamic"]:
+            bigger = torch.cat([release, release], dim=axis + 1)
+            try:
+                got = [v.shape for v in pytree.tree_leaves(tail(bigger))]
+            except Exception:  # the tail needs this size: the axis stays fixed
+                continue
+            if len(got) != len(base):
+                continue
+            kept.append(axis)
+            for i, (a, b) in enumerate(zip(base, got, strict=True)):
+                follow[i].update(d - 1 for d in range(1, len(a)) if len(a) == len(b) and a[d] != b[d])
+    wire["dynamic"] = kept
+    for leaf, dims in zip(outputs["outputs"], follow, strict=True):
+        leaf["dynamic"] = sorted(dims)
+
+
 def triton_names(name: str) -> dict[str, str]:
     base = re.sub(r"[^A-Za-z0-9_-]", "_", name).strip("_-") or "model"
     return {"base": f"{base}_base", "noisy": f"{base}_noisy"}
@@ -144,6 +174,9 @@ def save(p: Protected, out: str | Path) -> Path:
     meta["kind"] = GENERIC
     meta["alpha"] = p.alpha
     meta["head_trained"] = p.head_trained
+    wire, outputs = copy.deepcopy(meta["wire_spec"]), copy.deepcopy(meta["output_spec"])
+    probe_dynamic(p.tail.eval(), p.release(example_from(meta["input_spec"])), wire, outputs)
+    meta["wire_spec"], meta["output_spec"] = wire, outputs
     script, why = _traced_tail(p)
     files = {}
     if script is not None:
@@ -176,7 +209,7 @@ def load(
     expect_release: str | None = None,
 ) -> Protected:
     """Verify ``path`` and rebuild the protected model around ``model`` (or ``head``/``tail``)."""
-    from veil.protect import protect
+    from veil.protection import protect
 
     path = Path(path)
     tr = load_transform(path, expect_release=expect_release)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
-import types
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -33,9 +31,9 @@ from torch import Tensor, nn
 from veil.artifact import state_fingerprint
 from veil.errors import InputError
 from veil.noise import Granularity, NoiseTransform
-from veil.protect import store
-from veil.protect.fit import batch_input, fit
-from veil.protect.objectives import TASKS, LossFn, check_outputs, resolve
+from veil.protection import store
+from veil.protection.fit import batch_input, fit
+from veil.protection.objectives import TASKS, LossFn, check_outputs, resolve
 
 __all__ = ["Protected", "load", "protect", "split_points"]
 
@@ -88,7 +86,7 @@ class Protected(nn.Module):
     def fit(
         self, batches: Iterable[Any], steps: int = 200, lr: float = 0.05, **options: Any
     ) -> dict[str, Any]:
-        """Train noise and tail; see :func:`veil.protect.fit.fit` for ``options`` (loss, checkpoint, ...)."""
+        """Train noise and tail; :func:`veil.protection.fit.fit` lists ``options`` (loss, checkpoint, ...)."""
         return fit(self, batches, steps, lr, **options)
 
     def evaluate(self, batches: Iterable[Any], loss: str | LossFn | None = None) -> float:
@@ -107,7 +105,7 @@ class Protected(nn.Module):
         return total / count
 
     def save(self, out: str | Path) -> Path:
-        """Write a transform directory (see :mod:`veil.protect.store`)."""
+        """Write a transform directory (see :mod:`veil.protection.store`)."""
         return store.save(self, out)
 
 
@@ -225,13 +223,3 @@ def load(
 ) -> Protected:
     """A saved :class:`Protected`, verified (digests, model fingerprint) and rebuilt around ``model``."""
     return store.load(path, model, head=head, tail=tail, expect_release=expect_release)
-
-
-class _CallableModule(types.ModuleType):
-    """``veil.protect`` is also this package (once any submodule is imported): calling it calls protect."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Protected:
-        return protect(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
