@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
+import torch.distributed as dist
 
 from veil.errors import InputError
 
@@ -14,3 +17,12 @@ def check_device(device: str) -> str:
     if device != "cpu" and not torch.cuda.is_available():
         raise InputError(f"--device {device}: no CUDA GPU is visible to PyTorch here; use --device cpu")
     return device
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); joins the gloo process group that ``torchrun`` (WORLD_SIZE > 1) set up."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from veil.adversary import OnlineAttacker, adversary_photos, build_online_attacker
 from veil.artifact import save_transform
 from veil.data.images import GRID_CHOICES, check_grids
-from veil.device import check_device
+from veil.device import check_device, dist_info
 from veil.errors import InputError
 from veil.losses import DISTILL_WEIGHTS, TASKS, privacy_loss
 from veil.models import create_model, get_spec, split_model
@@ -204,14 +204,6 @@ def _privacy_setup(
     return None, None
 
 
-def _dist_info() -> tuple[int, int]:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _block_state(head: nn.Module, block: nn.Module) -> dict[str, Tensor]:
     """The head's entries that live in the fine-tuned block (the rest equals the base weights)."""
     mine = {id(t) for t in block.state_dict(keep_vars=True).values()}
@@ -239,7 +231,7 @@ def train(
     Progress is checkpointed beside ``out``; a rerun resumes there. ``stop_after`` ends this run early
     at that step (leaving only the checkpoint). A run failing before its first checkpoint leaves nothing.
     """
-    rank, world = _dist_info()
+    rank, world = dist_info()
     if torch.device(cfg.device).type != "cpu" and world > 1:
         raise InputError("--device cuda runs one process: leave out torchrun, or train on CPUs under it")
     with work_folder(Path(out)) as work:

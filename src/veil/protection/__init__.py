@@ -154,7 +154,7 @@ def protect(
     if model is not None and (head is None) == (tail is None) and head is None:
         if split is None:
             raise InputError(f"protect needs split=: one of {', '.join(split_points(model, example))}")
-        from veil.split import cut
+        from veil.split.graph import cut
 
         teacher: nn.Module = copy.deepcopy(model)
         fingerprint = state_fingerprint(model)
@@ -208,7 +208,7 @@ def protect(
 
 def split_points(model: nn.Module, example: Tensor) -> list[str]:
     """The names ``protect(model, split=...)`` accepts, in execution order."""
-    from veil.split import graph_split_points
+    from veil.split.graph import split_points as graph_split_points
 
     return list(graph_split_points(model, example))
 

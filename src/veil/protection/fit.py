@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from veil.device import dist_info
 from veil.errors import InputError
 from veil.losses import privacy_loss
 from veil.protection.objectives import LossFn, resolve
@@ -112,8 +113,6 @@ def fit(
     log_every: int = 10,
 ) -> dict[str, Any]:
     """Train ``p``'s noise (lr), tail (lr_tail) and, with ``train_head``, head (lr_head); see the module."""
-    from veil.train import _dist_info
-
     if int(steps) < 1 or int(log_every) < 1:
         raise InputError(f"fit: steps and log_every must be >= 1, got {steps} and {log_every}")
     _check(lr=lr, lr_tail=lr_tail, lr_head=lr_head, suppress_factor=suppress_factor)
@@ -122,7 +121,7 @@ def fit(
             f"fit: suppress_from and suppress_max are shares in [0, 1], got {suppress_from}, {suppress_max}"
         )
     task_name, task_fn = resolve(loss, p.task)
-    rank, world = _dist_info()
+    rank, world = dist_info()
     dev = next(p.noise.parameters()).device
     p.eval()
     p.noise.requires_grad_(True)
