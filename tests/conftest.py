@@ -22,7 +22,7 @@ SHARED_DIR = Path(os.environ.get("VEIL_SHARED", Path(__file__).resolve().parents
 
 def tiny_adversarial(weights: Path, shared_dir: Path, granularity: str, **overrides: Any) -> Any:
     """A tiny ``--privacy adversarial`` TrainConfig on LFW photos (20 steps, 16 attacker photos)."""
-    from veil.train import TrainConfig
+    from veil.training import TrainConfig
 
     return TrainConfig(
         weights=str(weights),

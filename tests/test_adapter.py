@@ -63,7 +63,7 @@ def test_shape_is_read_back_from_a_state_dict(faceboxes: nn.Module) -> None:
 
 
 def test_adapter_options_are_validated(weights: Path, shared_dir: Path) -> None:
-    from veil.train import TrainConfig
+    from veil.training import TrainConfig
 
     photos = [str(shared_dir / "data/lfw/train")]
     with pytest.raises(InputError, match="--adapter must be >= 0"):
@@ -80,7 +80,7 @@ def test_tuned_adapter_is_stored_and_served_alike(
     from veil.cli.tune_cmd import tune_config
     from veil.pipeline import load_pipeline, transform_tail
     from veil.serve.export import build_tails, torchscript_bytes
-    from veil.train import TrainConfig, train
+    from veil.training import TrainConfig, train
 
     source = tmp_path / "src"
     cfg = TrainConfig(

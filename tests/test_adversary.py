@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_adversarial
-from veil.adversary import OnlineAttacker
 from veil.errors import InputError
 from veil.noise import NoiseTransform
-from veil.train import TrainConfig, train
+from veil.training import TrainConfig, train
+from veil.training.adversary import OnlineAttacker
 
 
 def _leaky_data(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

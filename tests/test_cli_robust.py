@@ -128,7 +128,7 @@ def test_a_corrupt_pickle_checkpoint_is_one_line(tmp_path: Path) -> None:
 
 
 def test_train_config_refuses_what_the_options_refuse(weights: Path) -> None:
-    from veil.train import TrainConfig
+    from veil.training import TrainConfig
 
     base = {"weights": str(weights), "images": ["i"], "alpha": 0.2}
     for field, value, says in [
@@ -154,7 +154,7 @@ def test_a_failed_train_leaves_nothing_behind(weights: Path, tmp_path: Path) -> 
 
 def test_a_diverged_train_leaves_nothing_behind(weights: Path, shared_dir: Path, tmp_path: Path) -> None:
     """A noise cap of 1e38 x the activations' std overflows to a NaN loss: refused before any checkpoint."""
-    from veil.train import TrainConfig, train
+    from veil.training import TrainConfig, train
 
     cfg = TrainConfig(
         weights=str(weights),

@@ -152,7 +152,7 @@ def test_cuda_training_and_tail_tuning(weights: Path, shared_dir: Path, tmp_path
     from veil.cli.tune_cmd import tune_config
     from veil.models import create_model, split_model
     from veil.models.adapter import adapter_shape
-    from veil.train import TrainConfig, train
+    from veil.training import TrainConfig, train
 
     photos = [str(shared_dir / "data/lfw/attack")]  # the folder a GPU machine's copy of ../shared carries
     cfg = TrainConfig(

@@ -10,9 +10,9 @@ import torch
 
 from conftest import TINY_TRAIN
 from veil.models import create_model, split_model
-from veil.multibox import multibox_loss
-from veil.train import TrainConfig, train
-from veil.train_cache import prepare_cache
+from veil.training import TrainConfig, train
+from veil.training.cache import prepare_cache
+from veil.training.multibox import multibox_loss
 
 
 def test_spared_anchors_are_never_negatives() -> None:

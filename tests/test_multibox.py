@@ -19,8 +19,8 @@ from veil.detect import decode, priors
 from veil.errors import VeilError
 from veil.imageio import preprocess
 from veil.models import create_model
-from veil.multibox import labeled_samples, match, match_samples, multibox_loss, random_crop
-from veil.train import TrainConfig, train
+from veil.training import TrainConfig, train
+from veil.training.multibox import labeled_samples, match, match_samples, multibox_loss, random_crop
 
 
 def test_match_targets_decode_back_to_the_boxes() -> None:

@@ -15,7 +15,7 @@ from torchvision.io import decode_png, read_file
 from conftest import TINY_TRAIN
 from veil.artifact import load_transform
 from veil.errors import InputError, TransformError
-from veil.train import TrainConfig, train
+from veil.training import TrainConfig, train
 
 TINY = TINY_TRAIN
 
@@ -219,7 +219,7 @@ def test_sweep_tiny_writes_table_csv_png(weights: Path, shared_dir: Path, tmp_pa
 
 def test_relative_privacy_loss_rewards_the_cleanest_channel_most() -> None:
     from veil.noise import NoiseTransform
-    from veil.train import privacy_loss
+    from veil.training.losses import privacy_loss
 
     noise = NoiseTransform((4, 2, 2), smin=0.0, smax=4.0, granularity="channel", seed=0)
     noise.requires_grad_(False)
@@ -236,7 +236,7 @@ def test_relative_privacy_loss_rewards_the_cleanest_channel_most() -> None:
 
 
 def test_uniform_distill_weights_count_a_missed_small_face_as_much_as_a_large_one() -> None:
-    from veil.losses import distillation_loss
+    from veil.training.losses import distillation_loss
 
     # two face anchors: a large, certain face (clean score 0.95) and a small, doubtful one (0.2)
     t_prob = torch.tensor([[0.95, 0.2, 0.01]])
@@ -260,7 +260,7 @@ def test_uniform_distill_weights_count_a_missed_small_face_as_much_as_a_large_on
 
 
 def test_unknown_distill_weights_are_refused(weights: Path) -> None:
-    from veil.train import TrainConfig
+    from veil.training import TrainConfig
 
     with pytest.raises(InputError, match="--distill-weights must be score or uniform"):
         TrainConfig(weights=str(weights), images=["x"], alpha=0.1, distill_weights="area")

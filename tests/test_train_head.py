@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import TINY_TRAIN, run_veil
-from veil.adversary import OnlineAttacker
 from veil.artifact import load_transform
 from veil.errors import InputError, SplitPointError, TransformError
 from veil.models.faceboxes import Inception
 from veil.noise import NoiseTransform
 from veil.split import split_block
-from veil.train import TrainConfig, train
+from veil.training import TrainConfig, train
+from veil.training.adversary import OnlineAttacker
 
 
 def _recomposed(model: nn.Module, at: str, x: torch.Tensor, blocks: int = 1) -> tuple[nn.Module, nn.Module]:

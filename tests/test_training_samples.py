@@ -14,7 +14,7 @@ from torchvision.io import write_png
 from veil.data.images import iter_training_samples, scene_crop
 from veil.errors import InputError
 from veil.imageio import list_images, load_image
-from veil.train import TrainConfig
+from veil.training import TrainConfig
 
 
 def _samples(*args: Any, **kwargs: Any) -> list[torch.Tensor]:
@@ -109,7 +109,7 @@ def test_config_refuses_grids_too_fine_for_the_input(photos: Path) -> None:
 
 
 def test_a_cache_that_cannot_fit_is_refused_with_the_largest_that_would() -> None:
-    from veil.train_cache import check_fits
+    from veil.training.cache import check_fits
 
     mib = 1024**2
     check_fits(100, mib, available=400 * mib)  # 200 MiB needed: fits
@@ -120,7 +120,7 @@ def test_a_cache_that_cannot_fit_is_refused_with_the_largest_that_would() -> Non
 
 
 def test_the_cache_consumes_a_generator_and_checks_its_size_after_one_sample() -> None:
-    from veil.train_cache import build_cache
+    from veil.training.cache import build_cache
 
     head = torch.nn.Conv2d(3, 4, 3, stride=4, padding=1)
 

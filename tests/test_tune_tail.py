@@ -14,7 +14,7 @@ from veil.artifact import load_transform, release_digest
 from veil.cli.tune_cmd import tune_config
 from veil.errors import InputError, TransformError
 from veil.models import create_model
-from veil.train import TrainConfig, train
+from veil.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +56,10 @@ def test_release_is_unchanged_and_only_the_tail_moved(source: Path, tuned: Path,
 
 def _task_loss(cfg: TrainConfig, tr_paths: list[Path], draws: int = 6) -> list[float]:
     """Distillation loss of each transform's tail on ``cfg``'s training samples, same release draws."""
-    from veil.losses import distillation_loss
     from veil.models import create_model, split_model
     from veil.split import split_block
-    from veil.train_cache import encode, prepare_cache
+    from veil.training.cache import encode, prepare_cache
+    from veil.training.losses import distillation_loss
 
     model = create_model(cfg.model, cfg.weights).eval()
     head, tail = split_model(model, cfg.split)

@@ -12,7 +12,7 @@ from veil.cli.common import ThreadsOpt, TilesOpt, WeightsOpt, int_list, resolve_
 from veil.errors import VeilError
 
 if TYPE_CHECKING:
-    from veil.train import TrainConfig
+    from veil.training import TrainConfig
 
 
 def _check_alpha(alpha: float) -> None:
@@ -25,7 +25,7 @@ def _config(
 ) -> TrainConfig:
     """One validated TrainConfig from command-line values (shared by train and sweep)."""
     from veil.noise import GRANULARITIES
-    from veil.train import TrainConfig
+    from veil.training import TrainConfig
 
     _check_alpha(alpha)
     if granularity not in GRANULARITIES:
@@ -151,7 +151,7 @@ def train(
 ) -> None:
     """Learn a noise transform for a model split; resumable, works under torchrun."""
     from veil.device import check_device
-    from veil.train import train as run
+    from veil.training import train as run
 
     check_writable(out, "--out")
     cfg = _config(
@@ -223,7 +223,7 @@ def sweep(
     """Train (or reuse) a transform per alpha and write table.md, table.csv, accuracy_vs_alpha.png."""
     from veil.data import load_dataset
     from veil.sweep import evaluate_transform, to_markdown, write_report
-    from veil.train import train as run
+    from veil.training import train as run
 
     check_writable(out, "--out")
     set_threads(threads)

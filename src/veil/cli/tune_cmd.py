@@ -23,7 +23,7 @@ RELEASE_OPTIONS = ("model", "split", "granularity", "train_head", "head_blocks",
 def tune_config(source: Path, weights: Path, **overrides: Any) -> Any:
     """The source's training configuration with the release frozen and the given data/budget options."""
     from veil.artifact import load_transform
-    from veil.train import TrainConfig
+    from veil.training import TrainConfig
 
     tr = load_transform(source, weights)
     recorded = tr.meta.get("train")
@@ -105,7 +105,7 @@ def tune_tail(
 ) -> None:
     """Train only the tail of a transform against its frozen release (privacy unchanged, accuracy up)."""
     from veil.device import check_device
-    from veil.train import train as run
+    from veil.training import train as run
 
     if Path(out).resolve() == Path(transform).resolve():
         raise VeilError("--out must differ from --transform (the source is read while the result is written)")

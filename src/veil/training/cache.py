@@ -19,12 +19,12 @@ from tqdm import tqdm
 
 from veil.errors import InputError
 from veil.imageio import preprocess
-from veil.losses import distillation_loss
-from veil.multibox import multibox_loss
 from veil.noise import NoiseTransform, snr_db
+from veil.training.losses import distillation_loss
+from veil.training.multibox import multibox_loss
 
 if TYPE_CHECKING:
-    from veil.train import TrainConfig
+    from veil.training.loop import TrainConfig
 
 
 @dataclass
@@ -111,7 +111,7 @@ def prepare_cache(
     """Training samples for this rank, their clean activations and outputs, and (multibox) targets."""
     from veil.data import load_dataset
     from veil.data.images import iter_training_samples
-    from veil.multibox import labeled_samples, match_samples
+    from veil.training.multibox import labeled_samples, match_samples
 
     labeled = [load_dataset(d).part(cfg.labels_part) for d in cfg.labels]
     boxed = cfg.samples if cfg.task == "multibox" else cfg.samples // 2 if cfg.task == "mixed" else 0

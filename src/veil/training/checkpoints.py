@@ -26,7 +26,7 @@ from veil.models.adapter import fit_tail
 from veil.noise import NoiseTransform
 
 if TYPE_CHECKING:
-    from veil.train import TrainConfig
+    from veil.training.loop import TrainConfig
 
 
 def check_source(cfg: TrainConfig, tr: Transform, released_shape: tuple[int, ...]) -> None:

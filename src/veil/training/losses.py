@@ -1,6 +1,7 @@
 """The training objective's two halves: keep the task (distillation) and hide (privacy).
 
-Split out of :mod:`veil.train` so that the loop reads top to bottom and the losses can be tested alone.
+Split out of :mod:`veil.training.loop` so that the loop reads top to bottom and the losses can be tested
+alone.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ domain. With face boxes (``task="multibox"``) it is FaceBoxes' supervised MultiB
 The clean head's activations and the clean outputs are computed once and cached; each step
 then costs only the tail. Optionally the tail is fine-tuned jointly (``train_tail``), which buys
 accuracy at every alpha. With ``privacy="adversarial"`` the privacy term also pits the transform
-against a decoder trained online (``veil.adversary``). With ``train_head`` the head's last block is
+against a decoder trained online (``veil.training.adversary``). With ``train_head`` the head's last block is
 fine-tuned too (the cache then holds that block's inputs), so the released features themselves stop
 carrying what rebuilds a face. Works under ``torchrun`` (DDP; gloo on CPU).
 """
@@ -26,19 +26,25 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from veil.adversary import OnlineAttacker, adversary_photos, build_online_attacker
 from veil.artifact import save_transform
 from veil.data.images import GRID_CHOICES, check_grids
 from veil.device import check_device, dist_info
 from veil.errors import InputError
-from veil.losses import DISTILL_WEIGHTS, TASKS, privacy_loss
 from veil.models import create_model, get_spec, split_model
 from veil.models.adapter import attach_adapter
 from veil.models.checkpoint import sha256_file
 from veil.noise import Granularity, NoiseTransform
 from veil.split import head_blocks_available, split_block
-from veil.train_cache import Cache, cache_metrics, encode, prepare_cache, task_loss
-from veil.train_init import carry_release_log, check_numbers, save_checkpoint, start_from, work_folder
+from veil.training.adversary import OnlineAttacker, adversary_photos, build_online_attacker
+from veil.training.cache import Cache, cache_metrics, encode, prepare_cache, task_loss
+from veil.training.checkpoints import (
+    carry_release_log,
+    check_numbers,
+    save_checkpoint,
+    start_from,
+    work_folder,
+)
+from veil.training.losses import DISTILL_WEIGHTS, TASKS, privacy_loss
 
 
 @dataclass
