@@ -16,6 +16,7 @@ _LAZY = {
     "split_points": "veil.protection",
     "load": "veil.protection",
     "Protected": "veil.protection",
+    "register_model": "veil.models.public",
 }
 __all__ = ["VeilError", "__version__", *_LAZY]
 

@@ -65,12 +65,25 @@ def _options(
 
 @app.command("models")
 def models() -> None:
-    """List the model names veil knows, with their split points."""
-    from veil.models import get_spec, list_models
+    """List the models veil knows: built-in, veil.register_model, and entry points (group veil.models)."""
+    from veil.models.public import list_entries, shipped_default_split
 
-    for name in list_models():
-        spec = get_spec(name)
-        typer.echo(f"{name}\tsplit points: {', '.join(spec.split_points)} (default {spec.default_split})")
+    for entry in list_entries():
+        line = f"{entry.name}\t{entry.source}"
+        if entry.target:
+            line += f" {entry.target}"
+        if entry.error is not None:
+            typer.echo(f"{line}\tbroken: {_one_line(entry.error)}")
+            continue
+        if entry.description:
+            line += f"\t{_one_line(entry.description)}"
+        if entry.split_points:
+            shipped = shipped_default_split(entry.name)
+            default = f"default {shipped}, from the shipped default transform" if shipped else "no transform"
+            line += f"\tsplit points: {', '.join(entry.split_points)} ({default})"
+        elif entry.split:
+            line += f"\tdefault split: {entry.split}"
+        typer.echo(line)
 
 
 def _one_line(text: str) -> str:
