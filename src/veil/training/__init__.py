@@ -20,11 +20,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from veil.training.loop import TrainConfig, train
+    from veil.training.config import TrainConfig
+    from veil.training.loop import train
 
 __all__ = ["TrainConfig", "train"]
 
-_WHERE = {"TrainConfig": "veil.training.loop", "train": "veil.training.loop"}
+_WHERE = {"TrainConfig": "veil.training.config", "train": "veil.training.loop"}
 
 
 def __getattr__(name: str) -> Any:

@@ -24,7 +24,7 @@ from veil.training.losses import distillation_loss
 from veil.training.multibox import multibox_loss
 
 if TYPE_CHECKING:
-    from veil.training.loop import TrainConfig
+    from veil.training.config import TrainConfig
 
 
 @dataclass

@@ -5,12 +5,13 @@ block) and the noise. The tail runs on the server and never changes what is sent
 release is frozen (``freeze_release``) keeps its privacy audit exactly, while its tail keeps learning to
 read that release: accuracy can be bought back after the fact, for as many steps and from as much data as
 the user can afford, without touching the privacy the audit measured.
+
+Also the run's own bookkeeping: the work folder beside ``out`` and the checkpoint a rerun resumes from.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -21,12 +22,12 @@ import torch
 from torch import nn
 
 from veil.artifact import Transform, load_transform, release_digest
-from veil.errors import InputError, TransformError
+from veil.errors import TransformError
 from veil.models.adapter import fit_tail
 from veil.noise import NoiseTransform
 
 if TYPE_CHECKING:
-    from veil.training.loop import TrainConfig
+    from veil.training.config import TrainConfig
 
 
 def check_source(cfg: TrainConfig, tr: Transform, released_shape: tuple[int, ...]) -> None:
@@ -103,39 +104,7 @@ def carry_release_log(source: Path, out: Path) -> None:
             return
 
 
-# -- the run's bookkeeping: numbers it accepts, the work folder beside ``out`` -------------------
-def check_numbers(cfg: TrainConfig) -> None:
-    """Counts, sizes and rates finite and in range (the CLI's options say the same; this covers callers)."""
-    counts = {
-        "--steps": cfg.steps,
-        "--batch-size": cfg.batch_size,
-        "--adversary-photos": cfg.adversary_photos,
-    }
-    counts |= {"log_every": cfg.log_every}
-    for option, value in counts.items():
-        if value < 1:
-            raise InputError(f"{option} must be >= 1, got {value}")
-    if cfg.seed < 0:
-        raise InputError(f"--seed must be >= 0, got {cfg.seed}")
-    if not 32 <= cfg.input_size <= 4096 or cfg.input_size % 32:
-        raise InputError(f"--size must be a multiple of 32 from 32 to 4096, got {cfg.input_size}")
-    positive = {"--lr-tail": cfg.lr_tail, "--lr-head": cfg.lr_head, "lr_noise": cfg.lr_noise}
-    positive |= {"--smax-factor": cfg.smax_factor, "--suppress-factor": cfg.suppress_factor}
-    positive |= {"--label-weight": cfg.label_weight}
-    for option, number in positive.items():
-        if not (math.isfinite(number) and number > 0):
-            raise InputError(f"{option} must be a finite number > 0, got {number}")
-    shares = {
-        "--alpha": (cfg.alpha, cfg.alpha < 1),
-        "suppress_from": (cfg.suppress_from, cfg.suppress_from <= 1),
-    }
-    shares |= {"--adversary-weight": (cfg.adversary_weight, True)}
-    for option, (number, below_top) in shares.items():
-        if not (math.isfinite(number) and number >= 0 and below_top):
-            top = {"--alpha": " and < 1", "suppress_from": " and <= 1"}.get(option, "")
-            raise InputError(f"{option} must be a finite number >= 0{top}, got {number}")
-
-
+# -- the run's bookkeeping: the work folder beside ``out``, the checkpoint in it ---------------------
 @contextlib.contextmanager
 def work_folder(out: Path) -> Iterator[Path]:
     """``.<out>.work`` beside ``out`` (checkpoint and log, so a rerun resumes). A run that fails before
