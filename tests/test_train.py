@@ -218,8 +218,7 @@ def test_sweep_tiny_writes_table_csv_png(weights: Path, shared_dir: Path, tmp_pa
 
 
 def test_relative_privacy_loss_rewards_the_cleanest_channel_most() -> None:
-    from veil.noise import NoiseTransform
-    from veil.training.losses import privacy_loss
+    from veil.noise import NoiseTransform, privacy_loss
 
     noise = NoiseTransform((4, 2, 2), smin=0.0, smax=4.0, granularity="channel", seed=0)
     noise.requires_grad_(False)

@@ -240,3 +240,23 @@ def snr_db(clean: Tensor, released: Tensor) -> float:
     noise = (released - clean).pow(2).mean()
     signal = clean.pow(2).mean()
     return float(10.0 * torch.log10(signal / noise.clamp_min(1e-20)))
+
+
+def privacy_loss(
+    noise: NoiseTransform, channel_std: Tensor | None = None, per_request: bool = False
+) -> Tensor:
+    """-log(mean sigma): more noise is better, with diminishing returns.
+
+    ``per_request`` (conditional transforms, whose sigma differs per request): the mean over requests of
+    -log(that request's mean sigma), so the diminishing returns apply to each request and a nearly clean
+    request costs more than a very noisy one gains.
+
+    With ``channel_std`` ([C, 1, 1]): -mean log(sigma / std) instead, diminishing returns *per channel*
+    relative to its own signal, so no channel can stay nearly clean while others absorb the noise.
+    """
+    sigma = noise.batch_sigma()
+    if channel_std is None:
+        if per_request:  # sigma is [N, C, H, W]: one mean per request
+            return -torch.log(sigma.flatten(1).mean(1)).mean()
+        return -torch.log(sigma.mean())
+    return -torch.log(sigma / channel_std + 1e-6).mean()

@@ -1,7 +1,7 @@
 """The fit loop: the noisy model learns to reproduce the clean model's outputs (label-free).
 
 loss = (1 - alpha) * task(noisy outputs, clean outputs) + alpha * (-log mean sigma), the objective of
-``veil train`` (:func:`veil.training.losses.privacy_loss`). The noise (mu, rho) and the tail learn; the
+``veil train`` (:func:`veil.noise.privacy_loss`). The noise (mu, rho) and the tail learn; the
 head stays frozen unless ``train_head``. Batch norm statistics stay frozen (head and tail run in eval mode).
 
 Suppression as in ``veil train``: at ``suppress_from`` of the steps (default 70 %), elements (channels)
@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from veil.device import dist_info
 from veil.errors import InputError
+from veil.noise import privacy_loss
 from veil.protection.objectives import LossFn, resolve
-from veil.training.losses import privacy_loss
 
 if TYPE_CHECKING:
     from veil.protection import Protected

@@ -2,7 +2,7 @@
 
 Modules, lowest first (import-linter's ``training-layers`` contract keeps this order):
 
-- ``losses``: the objective's two halves, distillation (keep the task) and privacy (hide);
+- ``losses``: FaceBoxes' distillation (keep the task);
 - ``multibox``: FaceBoxes' supervised MultiBox loss and the annotated samples it trains on;
 - ``adversary``: the decoder trained online against the transform (``privacy="adversarial"``);
 - ``config``: :class:`TrainConfig`, everything that defines a run, and its validation;
@@ -10,8 +10,9 @@ Modules, lowest first (import-linter's ``training-layers`` contract keeps this o
 - ``checkpoints``: starting from an existing transform (``init``), the work folder and its checkpoint;
 - ``loop``: :func:`train`, the run itself.
 
-The public names are loaded on first use, so that importing one light module (``veil.protection``
-imports ``veil.training.losses``) does not load the whole loop, the model registry and the data readers.
+The public names are loaded on first use, so that importing one light module (e.g. ``losses``) does not
+load the whole loop, the model registry and the data readers. The privacy half of the objective that the
+generic core shares, :func:`veil.noise.privacy_loss`, lives with the noise.
 """
 
 from __future__ import annotations

@@ -32,13 +32,12 @@ from veil.errors import InputError
 from veil.models import create_model, get_spec, split_model
 from veil.models.adapter import attach_adapter
 from veil.models.checkpoint import sha256_file
-from veil.noise import NoiseTransform
+from veil.noise import NoiseTransform, privacy_loss
 from veil.split import split_block
 from veil.training.adversary import OnlineAttacker, adversary_photos, build_online_attacker
 from veil.training.cache import Cache, cache_metrics, encode, prepare_cache, task_loss
 from veil.training.checkpoints import carry_release_log, save_checkpoint, start_from, work_folder
 from veil.training.config import TrainConfig
-from veil.training.losses import privacy_loss
 
 
 # -- the run -----------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""The training objective's two halves: keep the task (distillation) and hide (privacy).
+"""The task half of ``veil train``'s objective: keep what FaceBoxes detects (distillation).
+
+The privacy half, shared with the generic core, is :func:`veil.noise.privacy_loss`.
 
 Split out of :mod:`veil.training.loop` so that the loop reads top to bottom and the losses can be tested
 alone.
@@ -9,8 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from veil.noise import NoiseTransform
 
 DISTILL_WEIGHTS = ("score", "uniform")
 TASKS = ("distill", "multibox", "mixed")  # label-free, supervised, or both
@@ -37,23 +37,3 @@ def distillation_loss(
         box = (F.smooth_l1_loss(loc[pos], t_loc[pos], reduction="none").sum(-1) * w).sum() / w.sum()
         return ce.mean() + (ce[pos] * w).sum() / w.sum() + box
     return ce.mean() + 0.0 * loc.sum()  # no faces in this batch: loc still in the graph (DDP needs it)
-
-
-def privacy_loss(
-    noise: NoiseTransform, channel_std: Tensor | None = None, per_request: bool = False
-) -> Tensor:
-    """-log(mean sigma): more noise is better, with diminishing returns.
-
-    ``per_request`` (conditional transforms, whose sigma differs per request): the mean over requests of
-    -log(that request's mean sigma), so the diminishing returns apply to each request and a nearly clean
-    request costs more than a very noisy one gains.
-
-    With ``channel_std`` ([C, 1, 1]): -mean log(sigma / std) instead, diminishing returns *per channel*
-    relative to its own signal, so no channel can stay nearly clean while others absorb the noise.
-    """
-    sigma = noise.batch_sigma()
-    if channel_std is None:
-        if per_request:  # sigma is [N, C, H, W]: one mean per request
-            return -torch.log(sigma.flatten(1).mean(1)).mean()
-        return -torch.log(sigma.mean())
-    return -torch.log(sigma / channel_std + 1e-6).mean()
