@@ -11,9 +11,8 @@ from conftest import tiny_adversarial
 from veil.artifact import load_transform, save_transform
 from veil.audit import Attacker, Decoder, NoiseSpec, load_attacker, save_attacker
 from veil.errors import InputError
-from veil.noise import NoiseTransform
+from veil.noise import NoiseTransform, privacy_loss
 from veil.training import TrainConfig, train
-from veil.training.losses import privacy_loss
 
 
 def _varied(noise: NoiseTransform) -> NoiseTransform:
