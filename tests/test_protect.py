@@ -11,27 +11,15 @@ import torchvision
 from torch import Tensor, nn
 
 import veil
+from toy_models import Block
 from veil.errors import InputError, TransformError
-
-
-class Block(nn.Module):
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, 2, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.norm1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
-        return x + self.mlp(self.norm2(x))
 
 
 class TextClassifier(nn.Module):
     def __init__(self, vocab: int = 50, d: int = 16, classes: int = 3) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, d)
-        self.blocks = nn.Sequential(Block(d), Block(d))
+        self.blocks = nn.Sequential(Block(d, heads=2), Block(d, heads=2))
         self.head = nn.Linear(d, classes)
 
     def forward(self, tokens: Tensor) -> Tensor:

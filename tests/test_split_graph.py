@@ -9,6 +9,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from toy_models import Block
 from veil.errors import SplitPointError
 from veil.split import cut, graph_split_points, split_points
 
@@ -34,21 +35,6 @@ def _one_line(e: pytest.ExceptionInfo[SplitPointError]) -> str:
 def resnet() -> nn.Module:
     torch.manual_seed(0)
     return torchvision.models.resnet18(weights=None, num_classes=10).eval()
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: attention and MLP, each with a residual."""
-
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, 4, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.norm1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
-        return x + self.mlp(self.norm2(x))
 
 
 class TextClassifier(nn.Module):

@@ -213,13 +213,5 @@ def split_points(model: nn.Module, example: Tensor) -> list[str]:
     return list(graph_split_points(model, example))
 
 
-def load(
-    path: str | Path,
-    model: nn.Module | None = None,
-    *,
-    head: nn.Module | None = None,
-    tail: nn.Module | None = None,
-    expect_release: str | None = None,
-) -> Protected:
-    """A saved :class:`Protected`, verified (digests, model fingerprint) and rebuilt around ``model``."""
-    return store.load(path, model, head=head, tail=tail, expect_release=expect_release)
+#: ``veil.load``: verify a saved transform and rebuild the protected model around ``model``.
+load = store.load
