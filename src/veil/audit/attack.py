@@ -289,7 +289,7 @@ def train_attacker(
 ) -> Attacker:
     """Train the decoder on auxiliary activations ``acts`` -> ``targets`` with fresh noise every step."""
     torch.manual_seed(cfg.seed)
-    decoder = Decoder(acts.shape[1], acts.shape[2], targets.shape[-1], cfg.width)
+    decoder = Decoder(acts.shape[1], (acts.shape[2], acts.shape[3]), targets.shape[-1], cfg.width)
     attacker = Attacker(decoder, noise)
     sample = acts[: min(256, acts.shape[0])]
     decoder.set_input_stats(attacker.release(sample, torch.Generator().manual_seed(cfg.seed + 2)))
@@ -332,10 +332,8 @@ def reconstruct(activation: Tensor, attacker: Attacker) -> Tensor:
     machine as the receiver can see it.
     """
     x = activation.unsqueeze(0) if activation.dim() == 3 else activation
-    expect = (attacker.decoder.in_channels, attacker.decoder.in_size)
-    if x.dim() != 4 or (x.shape[1], x.shape[2]) != expect:
-        raise InputError(
-            f"attacker expects released tensors [N, {expect[0]}, {expect[1]}, w], got {tuple(x.shape)}"
-        )
+    c, (h, w) = attacker.decoder.in_channels, attacker.decoder.in_hw
+    if x.dim() != 4 or tuple(x.shape[1:]) != (c, h, w):
+        raise InputError(f"attacker expects released tensors [N, {c}, {h}, {w}], got {tuple(x.shape)}")
     recon = decode(attacker.decoder, x.detach().float().cpu())
     return (recon * 255.0).round_().to(torch.uint8)
