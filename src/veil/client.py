@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from veil.artifact import Transform, check_release, load_transform, state_fingerprint
-from veil.detect import PostProcess
+from veil.artifact import Transform
+from veil.client_parts import head_from_weights, transform_parts
 from veil.errors import ServingError
+from veil.faceboxes.detect import PostProcess
 from veil.imageio import FACEBOXES_MEAN_BGR, Batch, preprocess
 from veil.noise import NoiseTransform
 from veil.serve.export import scores_to_logits
@@ -47,39 +48,6 @@ def _protected(transform: Any) -> bool:
     from veil.serve.spec import is_generic
 
     return is_protected(transform) or (isinstance(transform, str | Path) and is_generic(transform))
-
-
-def _head_from_weights(weights: str | Path) -> nn.Module:
-    from veil.models import create_model, get_spec, split_model
-
-    head, _ = split_model(create_model("faceboxes", weights), get_spec("faceboxes").default_split)
-    return head.to(memory_format=torch.channels_last)
-
-
-def _transform_parts(
-    transform: Transform | str | Path,
-    head: nn.Module | None,
-    weights: str | Path | None,
-    expect_release: str | None,
-) -> tuple[Transform, nn.Module]:
-    """The transform and the head that goes with it: built from it, or ``head`` checked against it."""
-    from veil.pipeline import transform_head
-
-    tr = transform if isinstance(transform, Transform) else load_transform(transform, weights)
-    check_release(tr, expect_release, str(tr.path or "transform"))
-    if head is None:
-        if weights is None:
-            raise ServingError(
-                "VeilClient(transform=...) needs weights=... (the base checkpoint) for its head"
-            )
-        return tr, transform_head(weights, tr)
-    want = tr.meta.get("head_sha256")
-    if want and state_fingerprint(head) != want:
-        raise ServingError(
-            f"the head given is not the one transform {tr.path or ''} was made for (split "
-            f"{tr.meta.get('split')!r}, its fine-tuned block): pass weights=... and let the client build it"
-        )
-    return tr, head
 
 
 class VeilClient:
@@ -124,7 +92,7 @@ class VeilClient:
         elif transform is not None:
             if noise is not None:
                 raise ServingError("give transform=... or noise=..., not both (the noise comes from it)")
-            tr, head = _transform_parts(transform, head, weights, expect_release)
+            tr, head = transform_parts(transform, head, weights, expect_release)
             noise, self.sigma_floor = tr.noise, tr.meta.get("sigma_floor")
         elif expect_release is not None:
             raise ServingError("expect_release needs transform=...: only a transform records its release")
@@ -156,7 +124,7 @@ class VeilClient:
         key = ACCESS_HEADER if self.protocol == "http" else f"triton-grpc-protocol-{ACCESS_HEADER}"
         self.headers = {key: access_token} if access_token else None
         if head is None and weights is not None:
-            head = _head_from_weights(weights)  # clean use only: with noise, the head comes from a transform
+            head = head_from_weights(weights)  # clean use only: with noise, the head comes from a transform
         self.head = head
         # Decoding only: no Detector here, whose detect() would run the tail on the clean activation.
         self.post = post or PostProcess()

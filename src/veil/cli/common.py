@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -12,9 +13,10 @@ import typer
 from veil.assets import default_weights
 from veil.cli.checks import FloatOpt, check_size
 from veil.errors import VeilError
+from veil.models.public import FACEBOXES_TASK, ModelEntry
 
 if TYPE_CHECKING:  # torch and the model code load inside the commands: `veil --help` stays fast
-    from torch import Tensor
+    from torch import Tensor, nn
 
 WeightsOpt = typer.Option(
     None,
@@ -23,6 +25,93 @@ WeightsOpt = typer.Option(
     help="FaceBoxes checkpoint (.pth); default: $VEIL_WEIGHTS, else the one veil ships.",
     show_default=False,
 )
+
+
+ModelOpt = typer.Option(
+    "faceboxes",
+    "--model",
+    metavar="NAME|PKG.MOD:FACTORY",
+    help="The model: a name from `veil models`, or package.module:factory (a callable returning a "
+    "torch.nn.Module, taking weights= when --weights is given).",
+)
+
+
+@dataclass
+class ModelChoice:
+    """``--model`` and ``--weights`` resolved: the registry entry, and the checkpoint to use (if any)."""
+
+    spec: str
+    entry: ModelEntry
+    weights: Path | None
+
+    @property
+    def faceboxes(self) -> bool:
+        return self.entry.task == FACEBOXES_TASK
+
+    def build(self) -> nn.Module:
+        """The model itself (any task), in eval mode; one-line errors (see ``build_model``)."""
+        from veil.models.public import build_model
+
+        return build_model(self.spec, None if self.faceboxes and self.weights is None else self.weights)
+
+    def require_faceboxes(self, command: str) -> Path:
+        """The FaceBoxes checkpoint for a face-detection command, or the one line naming the fix."""
+        if not self.faceboxes:
+            raise VeilError(
+                f"veil {command} runs face detectors (task faceboxes); {self.spec} is a {self.entry.task} "
+                f"model: protect it with `veil train --model {self.spec} ...` (or veil.protect) and serve it "
+                "with `veil serve --transform DIR`"
+            )
+        assert self.weights is not None  # resolve_model_option gives a FaceBoxes model its checkpoint
+        return self.weights
+
+
+def resolve_model_option(name: str, weights: Path | None) -> ModelChoice:
+    """``--model NAME|pkg.mod:factory`` with ``--weights``, checked before anything slow runs.
+
+    Unknown names list the registered ones; a ``pkg.mod:factory`` that fails to import names the module
+    and the exception. A FaceBoxes-task model gets ``--weights``, else its registered checkpoint, else
+    (the built-in) ``$VEIL_WEIGHTS`` / the shipped one; a named weights file must exist and hold finite
+    tensors.
+    """
+    from veil.models.public import resolve_entry
+
+    entry = resolve_entry(name)
+    chosen = weights
+    if entry.task == FACEBOXES_TASK and chosen is None:
+        if entry.weights is not None:
+            chosen = Path(entry.weights)
+        elif entry.source == "built-in":
+            chosen = resolve_weights(None)
+        else:
+            raise VeilError(f"model {entry.name!r} (task faceboxes) names no checkpoint: pass --weights")
+    if chosen is not None:
+        check_finite_weights(chosen)
+    return ModelChoice(name.strip(), entry, chosen)
+
+
+def check_finite_weights(path: Path) -> Path:
+    """``path`` if it is a readable checkpoint of finite tensors (a ``.pth`` state dict), else one line.
+
+    Files that are no state dict (a factory may read anything) are left to the factory.
+    """
+    from veil.errors import CheckpointError
+    from veil.models.checkpoint import check_weights_file, read_state_dict
+
+    check_weights_file(path)
+    try:
+        state = read_state_dict(path)
+    except CheckpointError:
+        return path  # not a torch state dict: the factory reads it (and fails in one line if it cannot)
+    import torch
+
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{path}: {len(bad)} tensors hold NaN or infinite values (e.g. {bad[0]!r}): the training that "
+            "wrote it diverged; use another --weights"
+        )
+    return path
 
 
 TilesOpt = typer.Option(
@@ -97,7 +186,7 @@ def resolve_transform(transform: Path | None, alpha: float | None) -> Path | Non
         raise VeilError("give either --transform or --alpha, not both")
     if alpha is None:
         return transform
-    from veil.artifact import shipped_transforms
+    from veil.faceboxes.shipped import shipped_transforms
 
     shipped = shipped_transforms()
     for value, path in shipped.items():
@@ -143,8 +232,8 @@ def remote_detector(
     """
     from veil.artifact import load_transform
     from veil.client import VeilClient
-    from veil.detect import PostProcess
-    from veil.models import create_model, get_spec, split_model
+    from veil.faceboxes.detect import PostProcess
+    from veil.faceboxes.registry import create_model, get_spec, split_model
 
     w = resolve_weights(weights)
     post = PostProcess(threshold=threshold)

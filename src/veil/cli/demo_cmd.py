@@ -10,10 +10,16 @@ from pathlib import Path
 
 import typer
 
+from veil.cli.common import ModelOpt
+
 
 def demo(
+    model: str = ModelOpt,
     weights: Path | None = typer.Option(
-        None, "--weights", "-w", help="FaceBoxes checkpoint. Default: $VEIL_WEIGHTS, else the one veil ships."
+        None,
+        "--weights",
+        "-w",
+        help="FaceBoxes checkpoint. Default: $VEIL_WEIGHTS, else the one veil ships (or --model's own).",
     ),
     dataset: Path | None = typer.Option(
         None,
@@ -31,12 +37,14 @@ def demo(
     """Start Triton, send the FDDB sample clean and obfuscated, print the table, write pictures, stop."""
     from veil.assets import choose, default_weights, sample_dataset
     from veil.cli.checks import check_writable
-    from veil.cli.common import set_threads
+    from veil.cli.common import resolve_model_option, set_threads
     from veil.demo import format_table, run_demo
 
     check_writable(out, "--out")
     set_threads(threads)
-    w = choose(weights, "VEIL_WEIGHTS", default_weights, "weights")
+    if weights is not None or model.strip().lower() == "faceboxes":  # a missing path: choose's one line
+        weights = choose(weights, "VEIL_WEIGHTS", default_weights, "weights")
+    w = resolve_model_option(model, weights).require_faceboxes("demo")
     d = choose(dataset, "VEIL_DATASET", sample_dataset, "dataset")
     rows = run_demo(w, d, out, transforms=transform or None, draws=draws, progress=not quiet)
     typer.echo("\n" + format_table(rows))

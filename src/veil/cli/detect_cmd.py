@@ -11,6 +11,7 @@ from veil.cli.checks import FloatOpt, check_writable
 from veil.cli.common import (
     CaCertOpt,
     ExpectReleaseOpt,
+    ModelOpt,
     ResizeOpt,
     SizeOpt,
     ThreadsOpt,
@@ -18,13 +19,14 @@ from veil.cli.common import (
     WeightsOpt,
     parse_size,
     remote_detector,
-    resolve_weights,
+    resolve_model_option,
     set_threads,
 )
 
 
 def detect(
     images: list[Path] = typer.Argument(..., help="Image files.", show_default=False),
+    model: str = ModelOpt,
     weights: Path | None = WeightsOpt,
     out: Path = typer.Option(Path("detections"), "--out", "-o", help="Output folder."),
     size: int | None = SizeOpt,
@@ -41,7 +43,9 @@ def detect(
     tiles: int = TilesOpt,
 ) -> None:
     """Detect faces; writes <name>.png (boxes drawn) and <name>.json per image."""
-    from veil.detect import PostProcess
+    from veil.faceboxes.detect import PostProcess
+    from veil.faceboxes.pipeline import load_pipeline
+    from veil.faceboxes.tiles import TileGrid, tiled
     from veil.imageio import (
         atomic_write_bytes,
         draw_detections,
@@ -50,15 +54,11 @@ def detect(
         save_png,
         target_size,
     )
-    from veil.models.checkpoint import check_weights_file
-    from veil.pipeline import load_pipeline
     from veil.serve.validate import INPUT_SIZE
-    from veil.tiles import TileGrid, tiled
 
     check_writable(out, "--out")
     fixed, factor = parse_size(size, resize)
-    if server is None:
-        check_weights_file(resolve_weights(weights))
+    w = resolve_model_option(model, weights).require_faceboxes("detect")
     for path in images:  # every file's header and input size first: a bad one fails before any output
         height, width = image_size(path)
         if fixed is None:
@@ -70,7 +70,7 @@ def detect(
     if server is not None:
         detect = remote_detector(
             server,
-            weights,
+            w,
             transform,
             allow_clean=allow_clean,
             threshold=seen,
@@ -80,7 +80,7 @@ def detect(
         detect = tiled(detect, grid, INPUT_SIZE)
     else:
         det = load_pipeline(
-            resolve_weights(weights),
+            w,
             transform,
             size=fixed,
             resize=factor,

@@ -12,6 +12,7 @@ from veil.cli.checks import FloatOpt, check_writable
 from veil.cli.common import (
     CaCertOpt,
     ExpectReleaseOpt,
+    ModelOpt,
     ResizeOpt,
     SizeOpt,
     ThreadsOpt,
@@ -19,14 +20,14 @@ from veil.cli.common import (
     WeightsOpt,
     parse_size,
     remote_detector,
+    resolve_model_option,
     resolve_transform,
-    resolve_weights,
     set_threads,
 )
 from veil.errors import VeilError
 
 if TYPE_CHECKING:
-    from veil.data.labels import LabeledDataset
+    from veil.faceboxes.data.labels import LabeledDataset
 
 app = typer.Typer(help="Evaluate a detector on an FDDB or WIDER FACE folder.", invoke_without_command=True)
 
@@ -41,7 +42,7 @@ def _parse_folds(folds: str | None) -> list[int] | None:
 
 
 def _print_result(result: object, json_out: Path | None) -> None:
-    from veil.eval.report import EvalResult, format_tr_results
+    from veil.faceboxes.eval.report import EvalResult, format_tr_results
 
     assert isinstance(result, EvalResult)
     numeric = all(k.isdigit() for k in result.folds)
@@ -56,6 +57,7 @@ def _print_result(result: object, json_out: Path | None) -> None:
 def eval_main(
     ctx: typer.Context,
     dataset: Path | None = typer.Option(None, "--dataset", "-d", help="FDDB or WIDER FACE root folder."),
+    model: str = ModelOpt,
     weights: Path | None = WeightsOpt,
     folds: str | None = typer.Option(None, help="FDDB folds to use, e.g. 1,6 (default: all present)."),
     part: str = typer.Option("all", help="all, or the train/test half (images a transform never saw: test)."),
@@ -105,15 +107,16 @@ def eval_main(
     """Per-fold AP (the reference design's log), pooled AP and the official FDDB ROC."""
     if ctx.invoked_subcommand is not None:
         return
-    from veil.data import load_dataset
-    from veil.detect import PostProcess
-    from veil.eval.report import write_json_atomic
-    from veil.eval.runner import evaluate_draws, write_part
-    from veil.pipeline import load_pipeline
+    from veil.faceboxes.data import load_dataset
+    from veil.faceboxes.detect import PostProcess
+    from veil.faceboxes.eval.report import write_json_atomic
+    from veil.faceboxes.eval.runner import evaluate_draws, write_part
+    from veil.faceboxes.pipeline import load_pipeline
+    from veil.faceboxes.tiles import TileGrid, tiled
     from veil.serve.validate import INPUT_SIZE
-    from veil.tiles import TileGrid, tiled
 
     check_writable(json_out, "--json", folder=False)
+    w = resolve_model_option(model, weights).require_faceboxes("eval")
     if dataset is None:
         raise VeilError(
             "missing --dataset: pass an FDDB root (FDDB-folds/ + originalPics/) or a WIDER FACE root"
@@ -130,7 +133,7 @@ def eval_main(
     if server is not None:
         detect = remote_detector(
             server,
-            weights,
+            w,
             transform,
             allow_clean=allow_clean,
             threshold=threshold,
@@ -140,7 +143,7 @@ def eval_main(
         detect = tiled(detect, TileGrid(tiles=tiles), INPUT_SIZE)
     else:
         det = load_pipeline(
-            resolve_weights(weights),
+            w,
             transform,
             split=split,
             size=fixed,
@@ -163,6 +166,7 @@ def eval_main(
         )
     if json_out is not None:
         meta = {"dataset": str(dataset), "weights": str(weights), "size": size, "resize": resize}
+        meta["model"] = model
         meta["tiles"] = tiles
         meta["transform"] = None if transform is None else str(transform)
         if n > 1:
@@ -192,8 +196,8 @@ def merge(
     json_out: Path | None = typer.Option(None, "--json", help="Write the merged result as JSON."),
 ) -> None:
     """Merge sharded results; prints the same lines as an unsharded run."""
-    from veil.eval.report import write_json_atomic
-    from veil.eval.runner import read_parts, summarize
+    from veil.faceboxes.eval.report import write_json_atomic
+    from veil.faceboxes.eval.runner import read_parts, summarize
 
     check_writable(json_out, "--json", folder=False)
 

@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from veil.cli.checks import MAX_SIZE, FloatOpt, check_size, check_writable
-from veil.cli.common import ThreadsOpt, TilesOpt, WeightsOpt, int_list, resolve_weights, set_threads
+from veil.cli.common import (
+    ModelOpt,
+    ThreadsOpt,
+    TilesOpt,
+    WeightsOpt,
+    int_list,
+    resolve_model_option,
+    set_threads,
+)
 from veil.errors import VeilError
 
 if TYPE_CHECKING:
@@ -43,8 +51,34 @@ def _config(
     )
 
 
+def _faceboxes_size(size: str | None) -> int:
+    """FaceBoxes' ``--size``: one side, a multiple of 32 (default 1024); a bad one is one line."""
+    if size is None:
+        return 1024
+    try:
+        value = int(size)
+    except ValueError:
+        raise VeilError(f"--size for FaceBoxes is one multiple of 32 (square input), got {size!r}") from None
+    try:
+        check_size(value)
+    except typer.BadParameter as exc:
+        raise VeilError(f"--size: {exc}") from None
+    assert value is not None
+    return value
+
+
 def train(
+    model: str = ModelOpt,
     weights: Path | None = WeightsOpt,
+    data: Path | None = typer.Option(
+        None, "--data", help="A model other than FaceBoxes: folder of images to fit on (label-free)."
+    ),
+    mean: str | None = typer.Option(
+        None, help="With --data: per-channel mean subtracted after scaling to [0, 1], e.g. 0.485,0.456,0.406."
+    ),
+    std: str | None = typer.Option(
+        None, help="With --data: per-channel std divided by after --mean, e.g. 0.229,0.224,0.225."
+    ),
     images: list[Path] = typer.Option([], "--images", "-i", help="Unlabeled photos (mosaicked); repeatable."),
     alpha: float = FloatOpt(
         ..., help="0 = accuracy only ... towards 1 = hide as much as possible.", low=0, high=1, high_open=True
@@ -58,7 +92,9 @@ def train(
     ),
     labels_part: str = typer.Option("all", help="Use this half of --labels: all, train or test."),
     task: str = typer.Option(
-        "distill", help="distill (label-free, default), multibox (supervised) or mixed (both: half boxed)."
+        "distill",
+        help="distill (label-free, default), multibox (supervised) or mixed (both: half boxed); another "
+        "--model: distill (regression on its outputs) or classification (KL on its logits).",
     ),
     label_weight: float = FloatOpt(
         1.0, help="--task mixed: weight of MultiBox against distillation.", low=0, low_open=True
@@ -73,7 +109,11 @@ def train(
     scene_grids: str = typer.Option(
         "1", help="Scene crops tiled k x k (e.g. 1,2,3,4): small scene photos then show small faces too."
     ),
-    split: str = typer.Option("inception3", help="Split point: rdcl (reference design) or inception1..3."),
+    split: str | None = typer.Option(
+        None,
+        help="Split point: FaceBoxes: rdcl (reference design) or inception1..3 (default inception3); "
+        "another --model: a module name from veil.split_points (default: its registered split).",
+    ),
     train_tail: bool = typer.Option(True, "--train-tail/--noise-only", help="Fine-tune the tail jointly."),
     train_head: bool = typer.Option(
         False, "--train-head", help="Also fine-tune the head's last block (the client then runs it)."
@@ -83,10 +123,10 @@ def train(
         min=1,
         help="With --train-head: how many blocks before the split to fine-tune (the first stays frozen).",
     ),
-    granularity: str = typer.Option(
-        "element",
-        help="element (per-element sigma), channel (shift-invariant) or conditional (sigma predicted "
-        "from the activation by a small network, per request; no suppression).",
+    granularity: str | None = typer.Option(
+        None,
+        help="element (per-element sigma; FaceBoxes' default), channel (shift-invariant; other models' "
+        "default) or conditional (FaceBoxes: sigma predicted from the activation, per request).",
     ),
     steps: int = typer.Option(400, min=1, help="Optimisation steps."),
     samples: int = typer.Option(
@@ -139,8 +179,10 @@ def train(
     suppress_max: float = FloatOpt(
         1.0, help="Suppress at most this share of the elements (the noisiest); 1: no cap.", low=0, high=1
     ),
-    size: int = typer.Option(
-        1024, callback=check_size, help="Input size the transform is trained for, a multiple of 32."
+    size: str | None = typer.Option(
+        None,
+        help="Input size the transform is trained for: FaceBoxes: a multiple of 32 (default 1024); "
+        "another --model: N or HxW, the --data images are resized to it (default: its registered example).",
     ),
     seed: int = typer.Option(
         0, min=0, help="Seed of the data augmentation (the noise itself stays OS-seeded)."
@@ -151,23 +193,75 @@ def train(
 ) -> None:
     """Learn a noise transform for a model split; resumable, works under torchrun."""
     from veil.device import check_device
-    from veil.training import train as run
 
     check_writable(out, "--out")
+    choice = resolve_model_option(model, weights)
+    if not choice.faceboxes:
+        from veil.cli.train_generic import GenericOptions, parse_channels, parse_hw, train_generic
+
+        given = {"--images": images, "--scenes": scenes, "--labels": labels, "--adapter": adapter}
+        for option, value in given.items():
+            if value:
+                raise VeilError(f"{option} is for FaceBoxes training; {model} trains on --data IMAGE_DIR")
+        if task not in ("distill", "classification"):
+            raise VeilError(f"--task must be distill or classification for {model}, got {task!r}")
+        if data is None:
+            raise VeilError(f"--data IMAGE_DIR is needed: the images {model} is fitted on (label-free)")
+        if privacy != "mean" or granularity == "conditional":
+            raise VeilError(f"{model}: --privacy mean and --granularity channel or element only in the CLI")
+        _check_alpha(alpha)
+        opts = GenericOptions(
+            data=data,
+            size=parse_hw(size),
+            split=split,
+            alpha=alpha,
+            steps=steps,
+            out=out,
+            batch_size=batch_size,
+            granularity=granularity or "channel",
+            mean=parse_channels(mean, "--mean"),
+            std=parse_channels(std, "--std"),
+            task="classification" if task == "classification" else "regression",
+            lr_tail=lr_tail,
+            lr_head=lr_head,
+            train_tail=train_tail,
+            train_head=train_head,
+            smax_factor=smax_factor,
+            suppress_factor=suppress_factor,
+            suppress_max=suppress_max,
+            seed=seed,
+            device=check_device(device),
+            progress=not quiet,
+        )
+        set_threads(threads)
+        path, meta = train_generic(choice, opts)
+        typer.echo(
+            f"wrote {path}: {model} split {meta['split']}, alpha {alpha:g}, mean sigma "
+            f"{meta['mean_sigma']:.3f}, suppressed {100 * meta['suppressed_fraction']:.1f}%"
+        )
+        typer.echo(f"release_sha256 {meta['release_sha256']}")
+        return
+    for option, value in {"--data": data, "--mean": mean, "--std": std}.items():
+        if value is not None:
+            raise VeilError(
+                f"{option} is for a model other than FaceBoxes (--model); FaceBoxes trains on --images"
+            )
+    from veil.training import train as run
+
     cfg = _config(
-        resolve_weights(weights),
+        choice.require_faceboxes("train"),
         images,
         scenes,
         alpha,
-        granularity,
-        split=split,
+        granularity or "element",
+        split=split or "inception3",
         train_tail=train_tail,
         train_head=train_head,
         head_blocks=head_blocks,
         steps=steps,
         samples=samples,
         batch_size=batch_size,
-        input_size=size,
+        input_size=_faceboxes_size(size),
         seed=seed,
         labels=labels,
         labels_part=labels_part,
@@ -202,6 +296,7 @@ def train(
 
 
 def sweep(
+    model: str = ModelOpt,
     weights: Path | None = WeightsOpt,
     images: list[Path] = typer.Option(..., "--images", "-i", help="Unlabeled training photos; repeatable."),
     dataset: Path = typer.Option(..., "--dataset", "-d", help="FDDB/WIDER folder to measure AP on."),
@@ -221,7 +316,7 @@ def sweep(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Train (or reuse) a transform per alpha and write table.md, table.csv, accuracy_vs_alpha.png."""
-    from veil.data import load_dataset
+    from veil.faceboxes.data import load_dataset
     from veil.sweep import evaluate_transform, to_markdown, write_report
     from veil.training import train as run
 
@@ -233,7 +328,7 @@ def sweep(
         raise VeilError(f"--alphas must be comma-separated numbers, got {alphas!r}") from None
     for a in values:
         _check_alpha(a)
-    w = resolve_weights(weights)
+    w = resolve_model_option(model, weights).require_faceboxes("sweep")
     data = load_dataset(dataset).part(part)
     rows = [evaluate_transform(w, None, data, 1, tiles=tiles)]
     for a in values:

@@ -3,7 +3,8 @@
 A model is a *factory*: a callable returning an ``nn.Module`` (optionally taking ``weights=``). Three
 sources, listed together by ``veil models``:
 
-* built-in: FaceBoxes (its spec, checkpoint layouts and split points live in :mod:`veil.models.registry`);
+* built-in: veil's own tasks (FaceBoxes, :mod:`veil.faceboxes`), declared as entry points of veil
+  itself: the core finds them as it finds anyone's, and imports no task;
 * ``veil.register_model(name, factory, ...)`` in this process;
 * installed packages, under the entry-point group ``veil.models`` (``name = "pkg.module:factory"``),
   loaded only when listed or resolved; a broken one is reported in one line, never a crash.
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,13 +33,16 @@ if TYPE_CHECKING:
 #: The entry-point group installed packages register models under.
 ENTRY_POINT_GROUP = "veil.models"
 
-#: FaceBoxes' split points (== veil.models.faceboxes.SPLIT_POINTS, kept here so listing needs no torch).
-FACEBOXES_SPLIT_POINTS: tuple[str, ...] = ("rdcl", "inception1", "inception2", "inception3")
-
-#: The transforms that ship inside the package (== veil.artifact.SHIPPED_DIR; artifact imports torch).
-_SHIPPED_DIR = Path(__file__).resolve().parents[1] / "transforms"
+#: The distribution whose entry points are veil's own (built-in) models.
+_OWN_DIST = "veil"
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*\Z")
+
+#: ``ModelEntry.task`` of a model veil knows nothing about but that it is an ``nn.Module``.
+GENERIC_TASK = "generic"
+#: ``ModelEntry.task`` of FaceBoxes and its registered variants (other checkpoints of the same network).
+FACEBOXES_TASK = "faceboxes"
+TASKS = (FACEBOXES_TASK, GENERIC_TASK)
 
 Factory = Callable[..., "nn.Module"]
 
@@ -61,6 +64,12 @@ class ModelEntry:
     example: Any = None  # a Tensor, a shape (tuple of ints), or a callable returning a Tensor
     split_points: tuple[str, ...] = field(default_factory=tuple)  # known without tracing (built-ins)
     error: str | None = None  # why an entry point could not be loaded
+    #: What the CLI's task commands may do with it: "faceboxes" (a FaceBoxes-style face detector, whose
+    #: checkpoint veil's FaceBoxes pipeline builds: detect, eval, demo, sweep, FaceBoxes training), or
+    #: "generic" (any nn.Module: veil train --model / veil.protect, served from its transform).
+    task: str = GENERIC_TASK
+    weights: str | None = None  # a task "faceboxes" entry's default checkpoint (else --weights)
+    split_note: str = ""  # shown by `veil models` next to the split points (e.g. the shipped default)
 
     def example_input(self) -> Any:
         """The example batch as a Tensor (``None`` when the model declares none)."""
@@ -74,36 +83,6 @@ class ModelEntry:
         return example
 
 
-def _faceboxes(weights: str | Path | None = None, *, verify: bool = False) -> nn.Module:
-    """FaceBoxes through the built-in spec (checkpoint layouts, verification), in eval mode."""
-    from veil.models.registry import create_model
-
-    return create_model("faceboxes", weights, verify=verify)
-
-
-def shipped_default_split(model: str) -> str | None:
-    """The split of the shipped default transform(s) for ``model`` (``"default": true``), if any."""
-    splits: set[str] = set()
-    for meta_file in sorted(_SHIPPED_DIR.glob("*/transform.json")):
-        try:
-            record = json.loads(meta_file.read_text())
-        except (OSError, ValueError):
-            continue
-        if record.get("default") is True and str(record.get("model", "")).lower() == model:
-            splits.add(str(record.get("split")))
-    return ", ".join(sorted(splits)) or None
-
-
-_BUILTIN: dict[str, ModelEntry] = {
-    "faceboxes": ModelEntry(
-        name="faceboxes",
-        source="built-in",
-        factory=_faceboxes,
-        description="FaceBoxes face detector (Zhang et al., IJCB 2017), FaceBoxes.PyTorch layout",
-        split_points=FACEBOXES_SPLIT_POINTS,
-        example=(1, 3, 1024, 1024),
-    ),
-}
 _REGISTERED: dict[str, ModelEntry] = {}
 
 
@@ -123,19 +102,24 @@ def register_model(
     example: Any = None,
     description: str = "",
     overwrite: bool = False,
+    task: str = GENERIC_TASK,
+    weights: str | Path | None = None,
 ) -> ModelEntry:
     """Register ``factory`` (returns an ``nn.Module``, optionally takes ``weights=``) as ``name``.
 
     ``split``: the split point to use by default (see ``veil.split_points``); ``example``: a batch of
-    inputs (Tensor, shape tuple, or callable returning one) for ``veil.protect``. A name already
-    registered is refused unless ``overwrite=True``; built-in names cannot be replaced.
+    inputs (Tensor, shape tuple, or callable returning one) for ``veil.protect``. ``task="faceboxes"``
+    marks a FaceBoxes variant (the same network, another checkpoint: ``weights``, its default) that
+    ``veil detect`` / ``eval`` / ``demo`` / ``sweep`` accept; ``"generic"`` (default): any other model.
+    A name already registered is refused unless ``overwrite=True``; built-in names cannot be replaced.
     """
     key = _check_name(name)
+    task = _check_task(task, f"register_model({name!r})")
     if not callable(factory):
         raise ModelRegistryError(
             f"register_model({name!r}): factory must be callable, got {type(factory).__name__}"
         )
-    if key in _BUILTIN:
+    if key in _builtin():
         raise ModelRegistryError(f"model {key!r} is built in and cannot be replaced; register another name")
     if key in _REGISTERED and not overwrite:
         raise ModelRegistryError(f"model {key!r} is already registered; pass overwrite=True to replace it")
@@ -149,9 +133,17 @@ def register_model(
         split=split,
         example=example,
         description=description,
+        task=task,
+        weights=None if weights is None else str(weights),
     )
     _REGISTERED[key] = entry
     return entry
+
+
+def _check_task(task: object, where: str) -> str:
+    if task not in TASKS:
+        raise ModelRegistryError(f"{where}: task must be one of {', '.join(TASKS)}, got {task!r}")
+    return str(task)
 
 
 def unregister_model(name: str) -> None:
@@ -159,18 +151,35 @@ def unregister_model(name: str) -> None:
     _REGISTERED.pop(str(name).lower(), None)
 
 
+_BUILTIN: dict[str, ModelEntry] = {}  # veil's own entry points, loaded once
+
+
+def _builtin() -> dict[str, ModelEntry]:
+    """veil's own models: the entry points the ``veil`` distribution declares (loaded on first use)."""
+    if not _BUILTIN:
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if getattr(getattr(ep, "dist", None), "name", None) == _OWN_DIST:
+                entry = _load(ModelEntry(name=ep.name.lower(), source="built-in", target=ep.value))
+                _BUILTIN[entry.name] = entry
+    return _BUILTIN
+
+
 def _entry_points() -> dict[str, ModelEntry]:
-    """Entry points of group ``veil.models``, not loaded yet (names taken by others are reported broken)."""
+    """Other packages' entry points of group ``veil.models``, not loaded yet (names taken by others are
+    reported broken)."""
     found: dict[str, ModelEntry] = {}
+    builtin = _builtin()
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(getattr(ep, "dist", None), "name", None)
+        if dist == _OWN_DIST:
+            continue
         source = f"entry point ({dist})" if dist else "entry point"
         key = ep.name.lower()
         entry = ModelEntry(name=key, source=source, target=ep.value)
         if not _NAME.match(ep.name):
             entry.error = f"entry point name {ep.name!r} is not a valid model name"
-        elif key in _BUILTIN or key in _REGISTERED:
-            entry.error = f"name {key!r} is already taken by a {(_BUILTIN | _REGISTERED)[key].source} model"
+        elif key in builtin or key in _REGISTERED:
+            entry.error = f"name {key!r} is already taken by a {(builtin | _REGISTERED)[key].source} model"
         if key not in found:
             found[key] = entry
     return found
@@ -180,12 +189,30 @@ def _load(entry: ModelEntry) -> ModelEntry:
     """Import an entry point's factory (once); failures are recorded in ``entry.error``."""
     if entry.factory is None and entry.error is None:
         try:
-            entry.factory = _import_factory(entry.target)
+            obj = _import_target(entry.target)
         except Exception as exc:  # a third-party package: anything may go wrong on import
             entry.error = " ".join(f"{type(exc).__name__}: {exc}".split())
         else:
+            if isinstance(obj, ModelEntry):  # a whole entry (factory, split points, task) declared at once
+                for name in _ENTRY_FIELDS:
+                    setattr(entry, name, getattr(obj, name))
+            else:
+                entry.factory = obj
             _describe(entry)
     return entry
+
+
+#: What an entry point that names a whole :class:`ModelEntry` declares.
+_ENTRY_FIELDS = (
+    "factory",
+    "description",
+    "split",
+    "example",
+    "split_points",
+    "task",
+    "weights",
+    "split_note",
+)
 
 
 def _describe(entry: ModelEntry) -> None:
@@ -195,11 +222,20 @@ def _describe(entry: ModelEntry) -> None:
     entry.split = entry.split or getattr(factory, "veil_split", None)
     if entry.example is None:
         entry.example = getattr(factory, "veil_example", None)
+    task = getattr(factory, "veil_task", None)
+    if task is not None and entry.task == GENERIC_TASK:
+        try:
+            entry.task = _check_task(task, f"{entry.target or entry.name}: veil_task")
+        except ModelRegistryError as exc:
+            entry.error = str(exc)
+    weights = getattr(factory, "veil_weights", None)
+    if weights is not None and entry.weights is None:
+        entry.weights = str(weights)
 
 
 def list_entries(*, load: bool = True) -> list[ModelEntry]:
     """Every model veil knows: built-in, then registered, then entry points (loaded when ``load``)."""
-    entries = list(_BUILTIN.values()) + sorted(_REGISTERED.values(), key=lambda e: e.name)
+    entries = list(_builtin().values()) + sorted(_REGISTERED.values(), key=lambda e: e.name)
     eps = sorted(_entry_points().values(), key=lambda e: e.name)
     return entries + [_load(e) if load else e for e in eps]
 
@@ -210,6 +246,15 @@ def known_names() -> list[str]:
 
 
 def _import_factory(spec: str) -> Factory:
+    obj = _import_target(spec)
+    if isinstance(obj, ModelEntry) and obj.factory is not None:
+        return obj.factory
+    factory: Factory = obj
+    return factory
+
+
+def _import_target(spec: str) -> Any:
+    """The object ``package.module:attr`` names: a callable factory or a :class:`ModelEntry`."""
     module_name, _, attr = spec.partition(":")
     module_name, attr = module_name.strip(), attr.strip()
     if not module_name or not attr or ":" in attr:
@@ -225,12 +270,11 @@ def _import_factory(spec: str) -> Factory:
             raise ModelRegistryError(
                 f"model spec {spec!r}: {module_name!r} has no attribute {attr!r}"
             ) from None
-    if not callable(obj):
+    if not callable(obj) and not isinstance(obj, ModelEntry):
         raise ModelRegistryError(
             f"model spec {spec!r}: {attr!r} is a {type(obj).__name__}, not a callable factory"
         )
-    factory: Factory = obj
-    return factory
+    return obj
 
 
 def resolve_entry(spec: str) -> ModelEntry:
@@ -243,10 +287,16 @@ def resolve_entry(spec: str) -> ModelEntry:
     if ":" in spec:
         entry = ModelEntry(name=spec, source="import", target=spec, factory=_import_factory(spec))
         _describe(entry)
+        if entry.error is not None:
+            raise ModelRegistryError(f"model spec {spec!r}: {entry.error}")
         return entry
     key = spec.lower()
-    if key in _BUILTIN:
-        return _BUILTIN[key]
+    builtin = _builtin()
+    if key in builtin:
+        entry = builtin[key]
+        if entry.error is not None:
+            raise ModelRegistryError(f"built-in model {key!r} ({entry.target}) is broken: {entry.error}")
+        return entry
     if key in _REGISTERED:
         return _REGISTERED[key]
     eps = _entry_points()
@@ -270,11 +320,14 @@ def resolve_model(spec: str) -> Factory:
 
 
 def build_model(spec: str, weights: str | Path | None = None) -> nn.Module:
-    """``resolve_model(spec)(weights=weights)`` (or without ``weights`` when none), in eval mode."""
+    """``resolve_model(spec)(weights=weights)`` (or without ``weights`` when none), in eval mode.
+
+    Refused in one line: a factory that raises, one that returns no ``nn.Module``, and a model whose
+    parameters or buffers hold NaN or infinities (a diverged checkpoint).
+    """
     factory = resolve_model(spec)
-    if weights is None:
-        model = factory()
-    else:
+    kwargs: dict[str, Any] = {}
+    if weights is not None:
         try:
             params = list(inspect.signature(factory).parameters.values())
         except (TypeError, ValueError):  # no signature (some builtins): let the call decide
@@ -284,5 +337,36 @@ def build_model(spec: str, weights: str | Path | None = None) -> nn.Module:
             raise ModelRegistryError(
                 f"model {spec!r} takes no weights= argument; load weights in its factory"
             )
-        model = factory(weights=weights)
+        kwargs["weights"] = weights
+    try:
+        model = factory(**kwargs)
+    except VeilError:
+        raise
+    except Exception as exc:  # user code: anything may go wrong
+        raise ModelRegistryError(
+            f"model {spec!r}: its factory failed ({' '.join(f'{type(exc).__name__}: {exc}'.split())[:200]})"
+        ) from exc
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise ModelRegistryError(
+            f"model {spec!r}: its factory returned a {type(model).__name__}, not a torch.nn.Module"
+        )
+    check_finite(model, spec if weights is None else f"{spec!r} with weights {weights}")
     return model.eval()
+
+
+def check_finite(model: nn.Module, what: str) -> None:
+    """One-line refusal when a parameter or floating buffer of ``model`` holds NaN or an infinity."""
+    import torch
+
+    bad = [
+        name
+        for name, t in [*model.named_parameters(), *model.named_buffers()]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        raise ModelRegistryError(
+            f"model {what}: {len(bad)} tensors hold NaN or infinite values (e.g. {bad[0]!r}): the "
+            "checkpoint diverged or is corrupt; use another --weights"
+        )
