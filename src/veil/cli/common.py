@@ -22,7 +22,8 @@ WeightsOpt = typer.Option(
     None,
     "--weights",
     "-w",
-    help="FaceBoxes checkpoint (.pth); default: $VEIL_WEIGHTS, else the one veil ships.",
+    help="Checkpoint: FaceBoxes (.pth; default: $VEIL_WEIGHTS, else the one veil ships), or weights= "
+    "for another --model's factory.",
     show_default=False,
 )
 
@@ -88,6 +89,43 @@ def resolve_model_option(name: str, weights: Path | None) -> ModelChoice:
     if chosen is not None:
         check_finite_weights(chosen)
     return ModelChoice(name.strip(), entry, chosen)
+
+
+def tail_source(model: str, weights: Path | None, transform: Path | None, command: str) -> Path | None:
+    """``veil serve`` / ``export triton``: the FaceBoxes checkpoint to build the tails from, or None when
+    ``transform`` is a protected model's (it carries its tail; a named ``--model`` must be its model)."""
+    from veil.serve.spec import is_generic
+
+    if transform is not None and is_generic(transform):
+        if model.strip().lower() == "faceboxes":  # the default: the transform alone decides
+            if weights is not None:
+                raise VeilError("a protected model's transform carries its tail (tail.pt): drop --weights")
+            return None
+        check_transform_model(resolve_model_option(model, weights), transform)
+        return None
+    choice = resolve_model_option(model, weights)
+    if not choice.faceboxes:
+        raise VeilError(
+            f"veil {command} builds FaceBoxes tails from --weights; {choice.spec} is a {choice.entry.task} "
+            f"model: protect it with `veil train --model {choice.spec} ...` (or veil.protect) and give its "
+            f"transform: veil {command} --transform DIR"
+        )
+    return choice.weights
+
+
+def check_transform_model(choice: ModelChoice, transform: Path) -> None:
+    """One line unless ``choice`` builds the very model ``transform`` was protected from (fingerprint)."""
+    import json
+
+    from veil.artifact import state_fingerprint
+
+    want = str(json.loads((transform / "transform.json").read_text()).get("model_fingerprint", ""))
+    have = state_fingerprint(choice.build())
+    if have != want:
+        raise VeilError(
+            f"--model {choice.spec} (fingerprint {have[:12]}…) is not the model {transform} was made for "
+            f"({want[:12]}…): give the --model and --weights it was protected from, or leave --model out"
+        )
 
 
 def check_finite_weights(path: Path) -> Path:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from veil.cli.checks import check_writable
-from veil.cli.common import WeightsOpt, resolve_weights
+from veil.cli.common import ModelOpt, WeightsOpt, tail_source
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +47,7 @@ def export_triton(
 
     base, noisy = build_tails(weights, tail_state_dict=tail_state_dict)
     if transform is not None:
-        from veil.pipeline import transform_tail
+        from veil.faceboxes.pipeline import transform_tail
 
         noisy = transform_tail(weights, transform)
     result = export_triton_repository(
@@ -73,6 +73,7 @@ def export_triton(
 
 @app.command("triton")
 def triton(
+    model: str = ModelOpt,
     weights: Path | None = WeightsOpt,
     out: Path = typer.Option(Path("model_repository"), "--out", "-o", help="Repository folder to create."),
     gpu: bool = typer.Option(False, "--gpu/--cpu", help="instance_group KIND_GPU instead of KIND_CPU."),
@@ -95,13 +96,9 @@ def triton(
 ) -> None:
     """Write face_detection_base and face_detection_noisy for Triton (TorchScript, ONNX or Python)."""
     check_writable(out, "--out")
-    from veil.serve.spec import is_generic  # no torch: reads transform.json
-
-    generic = transform is not None and is_generic(transform)
-    if generic and weights is not None:
-        raise typer.BadParameter("a protected model's transform carries its tail: drop --weights")
+    w = tail_source(model, weights, transform, "export triton")  # None: the transform carries its tail
     export_triton(
-        Path() if generic else resolve_weights(weights),
+        Path() if w is None else w,
         out,
         gpu=gpu,
         max_batch_size=max_batch_size,

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from veil.cli.checks import check_writable
 from veil.errors import VeilError
+
+if TYPE_CHECKING:
+    from veil.k8s import Manifest
 
 app = typer.Typer(help="Kubernetes manifests: batch Jobs (raw, obfuscated, sharded) and a Triton server.")
 
@@ -38,6 +42,12 @@ def render_cmd(
     num_shards: int = typer.Option(2, min=1, help="Pods of the Indexed Job (completions = parallelism)."),
     dataset: str = typer.Option("/data/FDDB", help="FDDB root inside the pod."),
     weights: str = typer.Option("/data/weights/FaceBoxes.pth", help="Checkpoint inside the pod."),
+    model: str = typer.Option(
+        "faceboxes",
+        "--model",
+        metavar="NAME|PKG.MOD:FACTORY",
+        help="Model the eval Jobs run (passed on as --model; a face detector: installed in --image).",
+    ),
     transform_dir: str = typer.Option(
         "/data/transforms/alpha-$(ALPHA)", help="Transform folder inside the pod; $(ALPHA) is expanded."
     ),
@@ -76,12 +86,43 @@ def render_cmd(
         triton_image=triton_image,
         service_type=service_type,
     )
-    manifests = render(cfg)
+    manifests = with_model(render(cfg), model)
     if out is None:
         typer.echo(to_yaml(m.doc for m in manifests), nl=False)
         return
     for path in write_manifests(manifests, out):
         typer.echo(str(path))
+
+
+def with_model(manifests: list[Manifest], model: str) -> list[Manifest]:
+    """Every ``veil eval`` container gets ``--model MODEL`` (none for the default, FaceBoxes)."""
+    import re
+
+    from veil.k8s import pod_specs
+
+    model = model.strip()
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*(:[A-Za-z_][A-Za-z0-9_.]*)?", model):
+        raise VeilError(f"--model must be a model name or package.module:factory, got {model!r}")
+    if model.lower() == "faceboxes":
+        return manifests
+    from veil.models.public import FACEBOXES_TASK, resolve_entry
+
+    try:  # known here: it must be a face detector (the Jobs run veil eval); unknown: installed in the image
+        entry = resolve_entry(model)
+    except VeilError:
+        entry = None
+    if entry is not None and entry.task != FACEBOXES_TASK:
+        raise VeilError(
+            f"the Jobs run veil eval, which runs face detectors (task faceboxes); {model} is a "
+            f"{entry.task} model: protect it with `veil train --model {model} ...` and serve its transform"
+        )
+    for manifest in manifests:
+        for spec in pod_specs(manifest.doc):
+            for container in spec.get("containers", []):
+                args = container.get("args") or []
+                if container.get("command") == ["veil"] and args[:1] == ["eval"] and "merge" not in args:
+                    container["args"] = [args[0], "--model", model, *args[1:]]
+    return manifests
 
 
 def dry_run(argv: Sequence[str]) -> list[str]:

@@ -66,7 +66,7 @@ def _options(
 @app.command("models")
 def models() -> None:
     """List the models veil knows: built-in, veil.register_model, and entry points (group veil.models)."""
-    from veil.models.public import list_entries, shipped_default_split
+    from veil.models.public import list_entries
 
     for entry in list_entries():
         line = f"{entry.name}\t{entry.source}"
@@ -78,11 +78,11 @@ def models() -> None:
         if entry.description:
             line += f"\t{_one_line(entry.description)}"
         if entry.split_points:
-            shipped = shipped_default_split(entry.name)
-            default = f"default {shipped}, from the shipped default transform" if shipped else "no transform"
-            line += f"\tsplit points: {', '.join(entry.split_points)} ({default})"
+            note = entry.split_note or "no transform"
+            line += f"\tsplit points: {', '.join(entry.split_points)} ({note})"
         elif entry.split:
             line += f"\tdefault split: {entry.split}"
+        line += f"\ttask: {entry.task}"  # faceboxes: detect/eval/demo/sweep take it; generic: train + serve
         typer.echo(line)
 
 

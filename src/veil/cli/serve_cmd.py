@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from veil.cli.checks import check_writable
-from veil.cli.common import resolve_weights, set_threads
+from veil.cli.common import ModelOpt, resolve_weights, set_threads, tail_source
 from veil.errors import VeilError
 
 if TYPE_CHECKING:  # torch loads inside the command: `veil --help` stays fast
@@ -82,7 +82,7 @@ def run_server(
         server = VeilServer.from_transform(transform, config, device=device)
         source = f"the protected tail of {transform} (its noisy model only)"
     elif transform is not None:
-        from veil.pipeline import transform_tail
+        from veil.faceboxes.pipeline import transform_tail
 
         w = resolve_weights(weights)
         server = VeilServer.from_weights(
@@ -133,6 +133,7 @@ def serve(
     model_repository: Path | None = typer.Option(
         None, "--model-repository", help="Serve an exported repository (veil export triton)."
     ),
+    model: str = ModelOpt,
     weights: Path | None = typer.Option(
         None, "--weights", "-w", help="Serve tails built from this checkpoint; default: $VEIL_WEIGHTS."
     ),
@@ -203,6 +204,12 @@ def serve(
     """Start Triton serving face_detection_base and face_detection_noisy (or a protected model's tail)."""
     check_writable(triton_log, "--triton-log", folder=False)
     check_writable(record, "--record")
+    if model_repository is None:
+        weights = tail_source(model, weights, transform, "serve")
+    elif model.strip().lower() != "faceboxes":
+        raise VeilError(
+            "--model builds tails from --weights or checks --transform: not with --model-repository"
+        )
     set_threads(threads)
     run_server(
         model_repository=model_repository,
