@@ -2,6 +2,10 @@
 
     p = veil.protect(model, split="layer2", alpha=0.2, example=torch.randn(1, 3, 224, 224))
     p.fit(batches, steps=200)        # label-free: the noisy model learns to match the clean one
+    p.fit(batches, steps=200, train_head=True)   # the head learns too (saved in the transform)
+    p.fit(batches, objective="adversarial",      # min-max against an online decoder (image models)
+          attacker=veil.audit.online.OnlineAttacker.for_protected(p, images))
+    veil.protection.tune_tail("out/r18", model, batches, "out/r18-tuned", adapter=64)  # same release
     y = p(x)                         # tail(noise(head(x))), same output structure as model(x)
     r = p.release(x)                 # what leaves the trusted zone (fresh noise every call)
     p.save("out/r18"); q = veil.load("out/r18", model)
@@ -34,8 +38,9 @@ from veil.noise import Granularity, NoiseTransform
 from veil.protection import store
 from veil.protection.fit import batch_input, fit
 from veil.protection.objectives import TASKS, LossFn, check_outputs, resolve
+from veil.protection.privacy import Adversary
 
-__all__ = ["Protected", "load", "protect", "split_points"]
+__all__ = ["Adversary", "Protected", "load", "protect", "split_points", "tune_tail"]
 
 
 class _Pair(nn.Module):
@@ -215,3 +220,5 @@ def split_points(model: nn.Module, example: Tensor) -> list[str]:
 
 #: ``veil.load``: verify a saved transform and rebuild the protected model around ``model``.
 load = store.load
+
+from veil.protection.tune import tune_tail  # noqa: E402  (tune imports this package's store and fit)

@@ -34,7 +34,15 @@ the release spec and so in ``release_sha256``:
 - ``triton``: ``{"base": "<name>_base", "noisy": "<name>_noisy"}``, the Triton model names.
 - ``tail_sha256``: SHA-256 of ``tail.pt``, or ``null`` with ``tail_torchscript_error`` when the tail cannot
   be traced (the directory then has no ``tail.pt``; only Python can serve it).
-- ``fit``: how it was trained (steps, learning rates, loss, suppression settings, first/last task loss).
+- ``fit``: how it was trained (steps, learning rates, loss, objective, suppression settings, first/last task
+  loss).
+- ``head_trained``: ``fit(train_head=True)`` fine-tuned the head; its weights are then ``head.*`` in
+  ``transform.safetensors`` (inside ``release_sha256``) and ``head_sha256`` is the trained head's fingerprint.
+- ``tail_adapter`` (only after :func:`veil.protection.tune_tail` with an adapter): ``{"kind": "conv1x1" |
+  "linear", "features", "hidden", "axis"}``; the tail is then ``AdaptedTail`` (``tail.adapter.*`` +
+  ``tail.tail.*``, :mod:`veil.protection.adapter`) and ``tail.pt`` includes the adapter.
+- ``tail_tuning`` (only after :func:`veil.protection.tune_tail`): the tuning run and the source's
+  ``release_sha256`` (equal to this one's).
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from torch.utils import _pytree as pytree
 
 from veil.artifact import GENERIC, load_transform, save_transform, state_fingerprint
 from veil.errors import InputError, TransformError
+from veil.protection.adapter import adapted
 
 if TYPE_CHECKING:
     from veil.protection import Protected
@@ -254,6 +263,8 @@ def load(
             f"{path}: made for activations {tr.noise.shape}, this model gives {p.noise.shape} at its split"
         )
     p.noise = tr.noise
+    if meta.get("tail_adapter"):
+        p.tail = adapted(p.tail, meta["tail_adapter"])
     p.tail.load_state_dict(tr.tail_state or {})
     if tr.head_state is not None:
         p.head.load_state_dict(tr.head_state)
