@@ -44,6 +44,11 @@ class TargetResult:
     ap: float | None = None
     ap_retained: float | None = None
     release_sha256: str | None = None  # what the client sends; shared by tail-only re-tunes
+    # generic (veil.protect) transforms only; absent (None) for FaceBoxes targets
+    model: str | None = None  # the transform's model class
+    input_shape: list[int] | None = None  # (C, H, W) per the transform's input spec
+    wire_shape: list[int] | None = None  # (C, h, w) of the released tensor the decoder reads
+    decoder: dict[str, Any] | None = None  # how the decoder sized itself (fold, body grid, stages)
     sets: dict[str, dict[str, Any]] = field(default_factory=dict)
     linkage: dict[str, dict[str, float]] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
@@ -156,6 +161,7 @@ def markdown(result: AuditResult) -> str:
             f"| {t.name} | {_f(tr.get('best_val_ssim'))} | {tr.get('best_step', '–')} | "
             f"{_f(tr.get('plateau_gain'))} | {'yes' if tr.get('converged') else 'NO: raise --steps'} |"
         )
+    lines += _generic_section(result)
     lines += ["", "## Goals", "", *_goals(result)]
     released = [t for t in result.targets if t.kind == "transform" and t.release_sha256]
     if released:
@@ -173,6 +179,41 @@ def markdown(result: AuditResult) -> str:
     if result.notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in result.notes] + [""]
     return "\n".join(lines)
+
+
+def _shape(shape: list[int] | None) -> str:
+    return "×".join(str(s) for s in shape) if shape else "–"
+
+
+def _generic_section(result: AuditResult) -> list[str]:
+    """Generic transforms: what was attacked, through which wire, with which decoder (empty otherwise)."""
+    rows = [t for t in result.targets if t.wire_shape is not None]
+    if not rows:
+        return []
+    cfg = result.config
+    lines = [
+        "",
+        "## Transforms and wires",
+        "",
+        f"Model `{cfg.get('model')}`"
+        + (f" with weights `{cfg.get('weights')}`" if cfg.get("weights") else "")
+        + ". Images are prepared as each transform's input spec says; the decoder reads the released "
+        "tensor (the wire) and sizes itself from its shape and the output size.",
+        "",
+        "| target | model | split | α | granularity | input (C×H×W) | wire (C×h×w) | decoder | transform |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in rows:
+        d = t.decoder or {}
+        body = f", resize to {d['body']}²" if d.get("body") else ""
+        dec = f"fold {d.get('fold')}{body}, {d.get('stages')} ×2 stages → {d.get('out_size')}²" if d else "–"
+        alpha = _f(t.alpha, 2) if t.alpha is not None else "clean"
+        lines.append(
+            f"| {t.name} | {t.model or '–'} | {t.split} | {alpha} | "
+            f"{t.granularity or '–'} | {_shape(t.input_shape)} | {_shape(t.wire_shape)} | {dec} | "
+            f"{t.transform or '–'} |"
+        )
+    return lines
 
 
 def _goals(result: AuditResult) -> list[str]:

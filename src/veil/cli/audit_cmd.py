@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from veil.cli.checks import check_size, check_writable
-from veil.cli.common import ThreadsOpt, WeightsOpt, resolve_weights, set_threads
+from veil.cli.common import ThreadsOpt, resolve_weights, set_threads
+from veil.errors import VeilError
+
+if TYPE_CHECKING:
+    from veil.audit import AttackConfig, AuditResult, LinkageConfig
 
 
 def audit(
@@ -21,10 +26,19 @@ def audit(
         ..., "--eval", help="Held-out images (repeatable); the first is the headline set, e.g. lfw/test."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Report folder: report.md, metrics.json, PNGs."),
-    weights: Path | None = WeightsOpt,
+    weights: Path | None = typer.Option(
+        None,
+        "--weights",
+        "-w",
+        help="FaceBoxes checkpoint (default: $VEIL_WEIGHTS, else the one veil ships); for a veil.protect "
+        "transform the --model's weights: weights= for a factory that takes it, else a state dict.",
+        show_default=False,
+    ),
     sweep: Path | None = typer.Option(None, help="sweep.json from `veil sweep`: adds AP retained."),
     clean_split: list[str] = typer.Option(
-        ["rdcl"], "--clean-split", help="Clean baseline split(s); each transform's split is added too."
+        [],
+        "--clean-split",
+        help="Clean baseline split(s) (default: FaceBoxes rdcl); each transform's split is added too.",
     ),
     steps: int | None = typer.Option(None, min=1, help="Attacker training steps (default 1500)."),
     size: int | None = typer.Option(
@@ -41,7 +55,11 @@ def audit(
     linkage_steps: int | None = typer.Option(None, min=1, help="Linkage verifier steps (default 600)."),
     max_images: int | None = typer.Option(None, min=1, help="Use at most this many auxiliary images."),
     max_eval: int | None = typer.Option(None, min=1, help="Use at most this many images per --eval folder."),
-    model: str = typer.Option("faceboxes", help="Model name from `veil models`."),
+    model: str | None = typer.Option(
+        None,
+        help="A name from `veil models` or package.module:factory (default: faceboxes); a veil.protect "
+        "transform needs the model it was made for.",
+    ),
     seed: int = typer.Option(0, min=0, help="Seed of the attacker's own randomness."),
     threads: int | None = ThreadsOpt,
     device: str = typer.Option(
@@ -69,6 +87,28 @@ def audit(
     link = LinkageConfig(seed=seed, device=cfg.device)
     if linkage_steps is not None:
         link.steps = linkage_steps
+    generic = _generic_transforms(transform)
+    if generic:
+        result = _run_generic(
+            transform,
+            model,
+            weights,
+            aux,
+            eval_dirs,
+            out,
+            cfg,
+            link,
+            clean_split,
+            size,
+            output_size,
+            sweep,
+            max_eval,
+            quiet,
+        )
+        typer.echo(
+            f"report: {out / 'report.md'} ({len(result.targets)} targets, {len(result.eval_sets)} eval sets)"
+        )
+        return
     result = run_audit(
         resolve_weights(weights),
         transform,
@@ -78,12 +118,83 @@ def audit(
         cfg=cfg,
         link_cfg=link,
         sweep=sweep,
-        clean_splits=clean_split,
+        clean_splits=clean_split or ["rdcl"],
         size=size,
-        model_name=model,
+        model_name=model or "faceboxes",
         max_eval=max_eval,
         progress=not quiet,
     )
     typer.echo(
         f"report: {out / 'report.md'} ({len(result.targets)} targets, {len(result.eval_sets)} eval sets)"
+    )
+
+
+def _generic_transforms(transforms: list[Path]) -> bool:
+    """True when every --transform is a veil.protect one, False when none is; mixing is refused."""
+    from veil.audit.inputs import is_generic, read_transform
+
+    kinds = {path: is_generic(read_transform(path)) for path in transforms}
+    if len(set(kinds.values())) > 1:
+        generic = next(p for p, g in kinds.items() if g)
+        other = next(p for p, g in kinds.items() if not g)
+        raise VeilError(
+            f"--transform {generic} was made by veil.protect, {other} is a FaceBoxes transform: "
+            "audit them in separate runs"
+        )
+    return any(kinds.values())
+
+
+def _run_generic(
+    transform: list[Path],
+    model: str | None,
+    weights: Path | None,
+    aux: Path,
+    eval_dirs: list[Path],
+    out: Path,
+    cfg: AttackConfig,
+    link: LinkageConfig,
+    clean_split: list[str],
+    size: int | None,
+    output_size: int | None,
+    sweep: Path | None,
+    max_eval: int | None,
+    quiet: bool,
+) -> AuditResult:
+    """`veil audit` of veil.protect transforms: the model from --model (+ --weights), images per spec."""
+    from veil.audit.generic import load_generic, run_generic_audit
+    from veil.audit.inputs import default_output_size, image_spec, load_model, read_transform
+
+    specs = [image_spec(read_transform(path)) for path in transform]  # "not an image model" before the model
+    if model is None:
+        kind = read_transform(transform[0]).meta.get("model")
+        raise VeilError(
+            f"--transform {transform[0]} was made by veil.protect for a {kind}: pass that model with "
+            "--model NAME|package.module:factory (and --weights)"
+        )
+    if size is not None:
+        raise VeilError(
+            "--size applies to FaceBoxes transforms; a veil.protect transform is audited at its "
+            "input spec's size: drop --size"
+        )
+    if sweep is not None:
+        raise VeilError(
+            "--sweep joins `veil sweep` rows of FaceBoxes transforms: drop it for a veil.protect one"
+        )
+    if output_size is None:
+        cfg.output_size = min(default_output_size((h, w), cfg.output_size) for _, h, w in specs)
+    net = load_model(model, weights)
+    loaded = load_generic(transform, net)
+    return run_generic_audit(
+        loaded,
+        net,
+        aux,
+        eval_dirs,
+        out,
+        cfg=cfg,
+        link_cfg=link,
+        clean_splits=clean_split,
+        model_spec=model,
+        weights=weights,
+        max_eval=max_eval,
+        progress=not quiet,
     )

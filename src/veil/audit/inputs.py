@@ -1,0 +1,180 @@
+"""What a generic (``veil.protect``) transform needs before it can be audited: its model and its images.
+
+``veil audit`` reconstructs *images*, so a generic transform is audited only when its input spec is an
+image batch ``(B, C, H, W)`` with C = 1 or 3 and a floating dtype, and its wire (the release) is
+``(B, C', h, w)`` with the noise's feature axis on C'. Anything else (token ids, vectors, a rank-3
+wire) is refused in one line before any model is built.
+
+Images are prepared the way the input spec says: resized (bilinear, anti-aliased) to (H, W), scaled to
+[0, 1] floats, averaged to grey when C = 1, then ``(x - mean) / std`` when the spec records a
+normalisation ``{"mean": [...], "std": [...]}`` (one value or one per channel). Values above 1 in
+``mean`` mean the statistics are in the 0-255 scale (as FaceBoxes' are); the pixels are then scaled to
+0-255 before normalising. Without a recorded normalisation the model gets [0, 1] floats.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from veil.artifact import GENERIC, Transform, load_transform
+from veil.errors import CheckpointError, InputError, TransformError, VeilError
+
+NORMALISATION_KEYS = ("mean", "std")
+
+
+def read_transform(path: str | Path) -> Transform:
+    """The verified transform at ``path`` (FaceBoxes or generic); digests checked, no model needed."""
+    return load_transform(path)
+
+
+def is_generic(tr: Transform) -> bool:
+    return tr.meta.get("kind") == GENERIC
+
+
+def image_spec(tr: Transform) -> tuple[int, int, int]:
+    """(C, H, W) of an image transform's input, or the one-line refusal naming what it is instead."""
+    meta = tr.meta
+    ins, wire = meta.get("input_spec") or {}, meta.get("wire_spec") or {}
+    shape, dtype = [int(s) for s in ins.get("shape", [])], str(ins.get("dtype", "?"))
+    wshape = [int(s) for s in wire.get("shape", [])]
+    floating = getattr(torch, dtype, None) in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    image = len(shape) == 3 and shape[0] in (1, 3) and floating
+    if not image or len(wshape) != 3 or int(wire.get("feature_axis", -1)) != 0:
+        name = tr.path.name if tr.path else "?"
+        raise InputError(
+            f"veil audit reconstructs images: transform {name} has input spec {dtype} (B, "
+            f"{', '.join(map(str, shape))}) and wire (B, {', '.join(map(str, wshape))}) (not an image model: "
+            "it needs (B, 1 or 3, H, W) float inputs and a (B, C, h, w) wire)"
+        )
+    return shape[0], shape[1], shape[2]
+
+
+def check_normalisation(norm: Any, channels: int) -> tuple[Tensor, Tensor, float] | None:
+    """(mean, std, pixel scale) from the recorded normalisation, None without one; bad records refused."""
+    if norm is None:
+        return None
+    if not isinstance(norm, dict) or set(norm) - set(NORMALISATION_KEYS) or "mean" not in norm:
+        raise InputError(
+            f"input spec normalisation {norm!r}: veil audit understands {{'mean': [...], 'std': [...]}} "
+            "(one value or one per channel); re-save it with protect(normalisation=...) in that form"
+        )
+    try:
+        mean = torch.tensor([float(v) for v in _as_list(norm["mean"])])
+        std = torch.tensor([float(v) for v in _as_list(norm.get("std", 1.0))])
+    except (TypeError, ValueError):
+        raise InputError(f"input spec normalisation {norm!r}: mean and std must be numbers") from None
+    for name, v in (("mean", mean), ("std", std)):
+        if v.numel() not in (1, channels) or not bool(torch.isfinite(v).all()):
+            raise InputError(f"input spec normalisation: {name} needs 1 or {channels} finite values, got {v}")
+    if bool((std <= 0).any()):
+        raise InputError(f"input spec normalisation: std must be > 0, got {std.tolist()}")
+    scale = 255.0 if float(mean.abs().max()) > 1.0 else 1.0
+    return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1), scale
+
+
+def _as_list(v: Any) -> list[Any]:
+    return list(v) if isinstance(v, list | tuple) else [v]
+
+
+def prepare(images: Sequence[Tensor], spec: dict[str, Any], size: tuple[int, int]) -> Tensor:
+    """uint8 RGB images [3, h, w] -> the model's input batch (see the module docstring)."""
+    channels = int(spec["shape"][0])
+    norm = check_normalisation(spec.get("normalisation"), channels)
+    batch = (
+        torch.stack(
+            [
+                F.interpolate(img.unsqueeze(0).float(), size=size, mode="bilinear", antialias=True)[0]
+                for img in images
+            ]
+        ).clamp_(0, 255)
+        / 255.0
+    )
+    if channels == 1:
+        batch = batch.mean(1, keepdim=True)
+    if norm is not None:
+        mean, std, scale = norm
+        batch = (batch * scale - mean) / std
+    return batch.to(getattr(torch, str(spec["dtype"])))
+
+
+@torch.no_grad()
+def activations(
+    head: nn.Module,
+    images: Sequence[Tensor],
+    spec: dict[str, Any],
+    size: tuple[int, int],
+    batch: int = 16,
+    desc: str = "",
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+) -> Tensor:
+    """Clean head activations [N, C, h, w] (on the CPU) of ``images`` prepared per the input spec."""
+    head.to(device).eval()
+    out = []
+    for start in tqdm(range(0, len(images), batch), desc=desc or "head", disable=not progress):
+        x = prepare(images[start : start + batch], spec, size).to(device)
+        act = head(x)
+        if not isinstance(act, Tensor) or act.dim() != 4:
+            raise InputError(f"the head gives {getattr(act, 'shape', type(act).__name__)}, not (B, C, h, w)")
+        out.append(act.float().contiguous().cpu())
+    return torch.cat(out)
+
+
+def load_model(spec: str, weights: str | Path | None = None) -> nn.Module:
+    """``--model NAME|pkg.module:factory`` with optional ``--weights``, in eval mode.
+
+    A factory taking ``weights=`` gets the path; otherwise the file is read as a state dict of tensors
+    (``torch.load(weights_only=True)``) and loaded strictly into the factory's model.
+    """
+    from veil.models.checkpoint import read_state_dict
+    from veil.models.public import build_model, resolve_model
+
+    if weights is None:
+        return build_model(spec)
+    factory = resolve_model(spec)
+    try:
+        params = inspect.signature(factory).parameters.values()
+        takes = any(p.name == "weights" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    except (TypeError, ValueError):
+        takes = False
+    if takes:
+        return build_model(spec, weights)
+    model = build_model(spec)
+    state = read_state_dict(weights)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = " ".join(str(exc).split())[:160]
+        raise CheckpointError(
+            f"{weights}: not a state dict of model {spec!r} ({first}): pass the weights it was trained with"
+        ) from None
+    return model.eval()
+
+
+def load_protected(path: Path, model: nn.Module) -> Any:
+    """``veil.load(path, model)``; any failure is one line naming the transform."""
+    from veil.protection import load
+
+    try:
+        return load(path, model)
+    except VeilError:
+        raise
+    except Exception as exc:  # the user's model may fail to trace or run in many ways
+        first = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise TransformError(f"{path}: cannot rebuild the transform around this model ({first})") from None
+
+
+def default_output_size(size: tuple[int, int], output_size: int) -> int:
+    """Reconstructions no larger than the input: the largest power of two <= min(H, W), at most
+    ``output_size`` and at least 16 (SSIM's window needs 11+ pixels)."""
+    side = min(size)
+    return max(16, min(output_size, 1 << math.floor(math.log2(max(side, 1)))))
