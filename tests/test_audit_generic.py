@@ -223,6 +223,39 @@ def test_cli_audits_a_resnet_transform(setup: dict[str, Any], monkeypatch: pytes
     assert attacker.noise is not None and attacker.noise.sigma.shape == (128, 1, 1)
 
 
+def test_cli_audits_per_channel_at_another_size_and_clean_split(
+    setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--size 96: a 128x12x12 wire (and layer1's 64x24x24), which the square rule cannot decode to 64²."""
+    monkeypatch.setenv("PYTHONPATH", str(setup["root"]))
+    out = setup["root"] / "report96"
+    args = [
+        "--model",
+        "toy_models_audit:resnet",
+        "--size",
+        "96",
+        "--clean-split",
+        "layer1",
+        "--out",
+        str(out),
+    ]
+    result = _audit(setup, *args, "--steps", "3", "--adapt-steps", "0", "--width", "8", "--max-images", "10")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    got = {t["name"]: (t["input_size"], t["wire_shape"], t["decoder"]) for t in metrics["targets"]}
+    wire12 = {"in_channels": 128, "in_hw": [12, 12], "out_size": 64, "fold": 1, "body": 16, "stages": 2}
+    wire24 = {"in_channels": 64, "in_hw": [24, 24], "out_size": 64, "fold": 2, "body": 16, "stages": 2}
+    assert got == {
+        "clean layer2 @96x96": (96, [128, 12, 12], wire12),
+        "clean layer1 @96x96": (96, [64, 24, 24], wire24),
+        "r18-layer2": (96, [128, 12, 12], wire12),
+    }
+    held = metrics["eval_sets"][0]
+    for t in metrics["targets"]:
+        assert math.isfinite(t["sets"][held]["ssim"]["1"]) and math.isfinite(t["sets"][held]["psnr"]["1"])
+    assert "resize to 16²" in (out / "report.md").read_text()
+
+
 def test_another_model_is_refused_in_one_line(setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", str(setup["root"]))
     line = _one_line_error(
@@ -231,6 +264,20 @@ def test_another_model_is_refused_in_one_line(setup: dict[str, Any], monkeypatch
     assert "made for model" in line and "r18-layer2" in line
     line = _one_line_error(_audit(setup, "--out", str(setup["root"] / "o")))  # no --model at all
     assert "--model" in line and "ResNet" in line
+    shipped = next(
+        Path(veil.__file__).resolve().parent.rglob("faceboxes-inception3-alpha0.5/transform.json")
+    ).parent
+    mixed = _audit(
+        setup,
+        "--transform",
+        str(shipped),
+        "--model",
+        "toy_models_audit:resnet",
+        "--out",
+        str(setup["root"] / "o"),
+    )
+    line = _one_line_error(mixed)
+    assert "veil.protect" in line and "FaceBoxes" in line and "separate runs" in line
 
 
 def test_a_vector_transform_is_not_an_image_model(

@@ -59,7 +59,7 @@ class _Target:
 
 
 def _targets(
-    loaded: Sequence[tuple[Path, Any]], model: nn.Module, clean_splits: Sequence[str]
+    loaded: Sequence[tuple[Path, Any]], model: nn.Module, clean_splits: Sequence[str], size: int | None
 ) -> list[_Target]:
     from veil.protection.store import example_from
     from veil.split.graph import cut
@@ -67,37 +67,47 @@ def _targets(
     targets: list[_Target] = []
     clean_heads: dict[tuple[str, str], _Target] = {}
 
-    def clean(split: str, p: Any) -> None:
+    def clean(split: str, p: Any, path: Path) -> None:
         spec = p.meta["input_spec"]
-        _, h, w = (int(s) for s in spec["shape"])
-        key = (split, repr(spec))
+        h, w = audit_size(path, p, size)
+        key = (split, f"{spec} @{h}x{w}")
         if key in clean_heads:
             return
         if split == p.split and not p.head_trained:
             head = p.head
         else:
             head = cut(copy.deepcopy(model), split, example_from(spec))[0].eval()
-        t = _Target(
-            f"clean {split} @{h}x{w}", split, head, f"clean {split} {spec}", spec, (h, w), meta=p.meta
-        )
+        t = _Target(f"clean {split} @{h}x{w}", split, head, f"clean {key}", spec, (h, w), meta=p.meta)
         clean_heads[key] = t
         targets.append(t)
 
-    for _, p in loaded:
+    for path, p in loaded:
         for split in [str(p.split), *clean_splits]:
-            clean(split, p)
+            clean(split, p, path)
     for path, p in loaded:
         spec, name = p.meta["input_spec"], path.name
-        size = (int(spec["shape"][1]), int(spec["shape"][2]))
+        hw = audit_size(path, p, size)
         if p.head_trained:  # the fine-tuned head alone, as a baseline for its noise
             targets.append(
                 _Target(
-                    f"{name} head, no noise", str(p.split), p.head, str(path), spec, size, None, path, p.meta
+                    f"{name} head, no noise", str(p.split), p.head, str(path), spec, hw, None, path, p.meta
                 )
             )
-        head_key = str(path) if p.head_trained else f"clean {p.split} {spec}"
-        targets.append(_Target(name, str(p.split), p.head, head_key, spec, size, p, path, p.meta))
+        head_key = str(path) if p.head_trained else f"clean {(str(p.split), f'{spec} @{hw[0]}x{hw[1]}')}"
+        targets.append(_Target(name, str(p.split), p.head, head_key, spec, hw, p, path, p.meta))
     return targets
+
+
+def audit_size(path: Path, p: Any, size: int | None) -> tuple[int, int]:
+    """(H, W) to audit at: the input spec's, or ``size`` squared for a per-channel transform."""
+    own = (int(p.meta["input_spec"]["shape"][1]), int(p.meta["input_spec"]["shape"][2]))
+    if size is None or (size, size) == own:
+        return own
+    if p.noise.granularity != "channel":
+        raise InputError(
+            f"{path}: a per-element transform is tied to its input size {own[0]}x{own[1]}; omit --size"
+        )
+    return size, size
 
 
 def load_generic(paths: Sequence[str | Path], model: nn.Module) -> list[tuple[Path, Any]]:
@@ -135,12 +145,17 @@ def run_generic_audit(
     cfg: AttackConfig | None = None,
     link_cfg: LinkageConfig | None = None,
     clean_splits: Sequence[str] = (),
+    size: int | None = None,
     model_spec: str = "",
     weights: str | Path | None = None,
     max_eval: int | None = None,
     progress: bool = True,
 ) -> AuditResult:
-    """Attack clean activations and every loaded transform ``(path, veil.load(path, model))``."""
+    """Attack clean activations and every loaded transform ``(path, veil.load(path, model))``.
+
+    ``size``: audit per-channel transforms (and the clean baselines) at size x size instead of the input
+    spec's (H, W); ``clean_splits``: more clean baselines at other split points of ``model``.
+    """
     cfg = cfg or AttackConfig()
     if 1 not in cfg.ks or any(k < 1 for k in cfg.ks):
         raise InputError(f"AttackConfig.ks must contain 1 and only positive counts, got {cfg.ks}")
@@ -149,7 +164,7 @@ def run_generic_audit(
     cfg.ks = tuple(sorted(set(cfg.ks)))
     link_cfg = link_cfg or LinkageConfig(seed=cfg.seed, device=cfg.device)
     out = Path(out)
-    targets = _targets(loaded, model, clean_splits)
+    targets = _targets(loaded, model, clean_splits, size)
     aux_paths = list_images(aux)[: cfg.max_images]
     aux_set = ImageSet.load(aux_paths, cfg.output_size, "aux")
     taken: set[str] = set()

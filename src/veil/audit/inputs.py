@@ -122,7 +122,11 @@ def activations(
     out = []
     for start in tqdm(range(0, len(images), batch), desc=desc or "head", disable=not progress):
         x = prepare(images[start : start + batch], spec, size).to(device)
-        act = head(x)
+        try:
+            act = head(x)
+        except RuntimeError as exc:  # e.g. a head with a fixed-size layer at another --size
+            first = " ".join(str(exc).split())[:160]
+            raise InputError(f"the head fails on {size[0]}x{size[1]} inputs ({first}): omit --size") from None
         if not isinstance(act, Tensor) or act.dim() != 4:
             raise InputError(f"the head gives {getattr(act, 'shape', type(act).__name__)}, not (B, C, h, w)")
         out.append(act.float().contiguous().cpu())

@@ -45,7 +45,8 @@ def audit(
         None,
         callback=check_size,
         help="Audit input size for clean baselines and per-channel transforms (default: each transform's "
-        "own, 512 without transforms); per-element transforms only at their own size.",
+        "own, 512 without transforms); per-element transforms only at their own size. For a veil.protect "
+        "transform: size x size instead of its input spec's H x W.",
     ),
     output_size: int | None = typer.Option(
         None, min=16, max=1024, help="Reconstruction size in pixels (default 128; SSIM needs 11+)."
@@ -171,17 +172,13 @@ def _run_generic(
             f"--transform {transform[0]} was made by veil.protect for a {kind}: pass that model with "
             "--model NAME|package.module:factory (and --weights)"
         )
-    if size is not None:
-        raise VeilError(
-            "--size applies to FaceBoxes transforms; a veil.protect transform is audited at its "
-            "input spec's size: drop --size"
-        )
     if sweep is not None:
         raise VeilError(
             "--sweep joins `veil sweep` rows of FaceBoxes transforms: drop it for a veil.protect one"
         )
     if output_size is None:
-        cfg.output_size = min(default_output_size((h, w), cfg.output_size) for _, h, w in specs)
+        sizes = [(h, w) if size is None else (size, size) for _, h, w in specs]
+        cfg.output_size = min(default_output_size(hw, cfg.output_size) for hw in sizes)
     net = load_model(model, weights)
     loaded = load_generic(transform, net)
     return run_generic_audit(
@@ -193,6 +190,7 @@ def _run_generic(
         cfg=cfg,
         link_cfg=link,
         clean_splits=clean_split,
+        size=size,
         model_spec=model,
         weights=weights,
         max_eval=max_eval,
