@@ -248,11 +248,13 @@ class OnlineAttacker:
 
 def _unit_map(normalisation: Any, images: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
     """(mean, std) with ``x * std + mean`` in [0, 1]: the recorded normalisation, else the images' range."""
-    if isinstance(normalisation, dict) and "mean" in normalisation:
+    if isinstance(normalisation, dict) and normalisation.get("mean") is not None:
         mean = torch.tensor(normalisation["mean"], dtype=torch.float32).flatten()
-        std = torch.tensor(normalisation.get("std", 1.0), dtype=torch.float32).flatten()
+        std = torch.tensor(normalisation.get("std") or 1.0, dtype=torch.float32).flatten()
         scale = 255.0 if float(mean.abs().max()) > 1.0 else 1.0  # statistics in the 0-255 scale
         return mean / scale, std / scale
+    if isinstance(normalisation, dict) and normalisation.get("std") is not None:  # (x / std): no mean
+        return None, torch.tensor(normalisation["std"], dtype=torch.float32).flatten()
     if images is None:
         return None, None
     lo = images.detach().float().amin((0, 2, 3))

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from veil.artifact import load_transform
@@ -47,16 +48,19 @@ def tune_tail(
     head: nn.Module | None = None,
     tail: nn.Module | None = None,
     log_every: int = 10,
+    device: str | torch.device | None = None,
 ) -> Path:
     """Train ``transform``'s tail (+ an adapter of ``adapter`` hidden units) on ``batches``; write ``out``.
 
     ``model`` (or ``head``/``tail``) is the model the transform was made for; ``batches`` as in
     :meth:`Protected.fit`. A source that already has an adapter keeps it (``adapter`` must then be None or
-    its width). Returns ``out``.
+    its width). ``device``: where to train (default: where ``model`` is). Returns ``out``.
     """
     if Path(out).resolve() == Path(transform).resolve():
         raise InputError("tune_tail: out must differ from the source transform (it is read while writing)")
     p = store.load(transform, model, head=head, tail=tail)
+    if device is not None:
+        p.to(device)
     source_release = str(p.meta["release_sha256"])
     current = p.meta.get("tail_adapter")
     if adapter is not None:
