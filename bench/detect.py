@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import WEIGHTS, full_hd_image, median_ms, synced
-from veil.detect import PostProcess, build_detector, priors
+from veil.faceboxes.detect import PostProcess, build_detector, priors
 
 
 def float_first_preprocess(img: torch.Tensor) -> torch.Tensor:

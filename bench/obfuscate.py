@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import WEIGHTS, full_hd_image, median_ms, synced
+from veil.faceboxes.pipeline import load_pipeline
 from veil.noise import NoiseTransform
-from veil.pipeline import load_pipeline
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
     device = torch.device(args.device)
     transform = args.transform
     if transform is None:
-        from veil.artifact import shipped_transforms
+        from veil.faceboxes.shipped import shipped_transforms
 
         shipped = shipped_transforms()
         transform = shipped[min(shipped)] if shipped else None

@@ -44,11 +44,13 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import WEIGHTS, full_hd_image, interleaved_median_ms
 from veil.client import VeilClient
-from veil.detect import Detector, build_detector
-from veil.pipeline import load_pipeline
+from veil.faceboxes.detect import Detector, build_detector
+from veil.faceboxes.pipeline import load_pipeline
 from veil.serve.server import free_ports
 
-DEFAULT_TRANSFORM = Path(__file__).resolve().parents[1] / "src/veil/transforms/faceboxes-inception3-alpha0.12"
+DEFAULT_TRANSFORM = (
+    Path(__file__).resolve().parents[1] / "src/veil/faceboxes/transforms/faceboxes-inception3-alpha0.12"
+)
 
 
 class GaussianNoise(nn.Module):

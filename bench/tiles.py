@@ -19,11 +19,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED, WEIGHTS, full_hd_image, interleaved_median_ms
+from veil.faceboxes.pipeline import load_pipeline
+from veil.faceboxes.tiles import TileGrid, tiled
 from veil.imageio import atomic_write_bytes, load_image
-from veil.pipeline import load_pipeline
-from veil.tiles import TileGrid, tiled
 
-DEFAULT = Path(__file__).resolve().parents[1] / "src/veil/transforms/faceboxes-inception3-alpha0.12"
+DEFAULT = Path(__file__).resolve().parents[1] / "src/veil/faceboxes/transforms/faceboxes-inception3-alpha0.12"
 CROWD = "12_Group_Group_12_Group_Group_12_217.jpg"
 
 

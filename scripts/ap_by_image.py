@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from veil.data import load_dataset
-from veil.eval.ap import box_iou
-from veil.eval.runner import ImagePrediction, pooled_ap, predict
-from veil.pipeline import load_pipeline
+from veil.faceboxes.data import load_dataset
+from veil.faceboxes.eval.ap import box_iou
+from veil.faceboxes.eval.runner import ImagePrediction, pooled_ap, predict
+from veil.faceboxes.pipeline import load_pipeline
 
 SHARED = Path(os.environ.get("VEIL_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 

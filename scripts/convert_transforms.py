@@ -1,6 +1,6 @@
 """Convert transform directories written by an older veil (``veil-transform/1``) to the current format.
 
-    python scripts/convert_transforms.py src/veil/transforms/* \
+    python scripts/convert_transforms.py src/veil/faceboxes/transforms/* \
         --weights ../shared/weights/faceboxes/FaceBoxes.pth
 
 Only ``transform.json`` changes: the tensors file is verified against its recorded SHA-256 and kept byte for

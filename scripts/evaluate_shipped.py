@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from veil.artifact import SHIPPED_DIR
-from veil.data import load_dataset
+from veil.faceboxes.data import load_dataset
+from veil.faceboxes.shipped import SHIPPED_DIR
 from veil.sweep import SweepRow, evaluate_transform, to_markdown, write_report
 
 SHARED = Path(os.environ.get("VEIL_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))

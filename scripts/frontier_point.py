@@ -6,7 +6,8 @@ AP retained (mean of ``--draws`` noise draws) on the street scenes' held-out hal
 WIDER sample; with ``--attack``, the audit's K = 1 reconstruction attacker at its default budget (1,500
 steps at the transform's own input size) trained on ``lfw/attack`` and scored on ``lfw/test`` — the
 "SSIM K=1" column of docs/privacy.md's frontier tables, without the rest of ``veil audit`` (K = 4/16,
-linkage, clean baselines). ``--tiles K`` measures the tiled pipeline (``veil.tiles``) instead: AP with
+linkage, clean baselines). ``--tiles K`` measures the tiled pipeline (``veil.faceboxes.tiles``) instead:
+AP with
 ``K x K`` crops plus the full frame (clean AP measured the same way), and the attacker on what it sends
 for crop ``--tile-index I`` of each photo (cut, as the client does, after the faces the release's own
 frame detections found large were painted over; zoomed to the input size; the target is the unpainted crop).
@@ -35,13 +36,13 @@ from veil.artifact import load_transform, release_digest
 from veil.audit import AttackConfig, NoiseSpec, score, train_attacker
 from veil.audit.attack import ImageSet, head_activations, resize_uint8
 from veil.audit.metrics import ssim, to_unit
-from veil.data import load_dataset
-from veil.detect import Detector
+from veil.faceboxes.data import load_dataset
+from veil.faceboxes.detect import Detector
+from veil.faceboxes.pipeline import load_pipeline, transform_head
+from veil.faceboxes.registry import create_model, split_model
+from veil.faceboxes.tiles import TileGrid, crops, hide_large_faces
 from veil.imageio import atomic_write_bytes, list_images, load_image
-from veil.models import create_model, split_model
-from veil.pipeline import load_pipeline, transform_head
 from veil.sweep import evaluate_transform
-from veil.tiles import TileGrid, crops, hide_large_faces
 
 SHARED = Path(os.environ.get("VEIL_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 SETS = ("mask-scenes:test", "fddb-sample", "widerface-sample")
@@ -216,7 +217,10 @@ def main() -> None:
     )
     ap.add_argument("--device", default="cpu", help="where the attacker trains (cpu or cuda)")
     ap.add_argument(
-        "--tiles", type=int, default=1, help="the tiled pipeline (veil.tiles): its AP, and its crops attacked"
+        "--tiles",
+        type=int,
+        default=1,
+        help="the tiled pipeline (veil.faceboxes.tiles): its AP, its crops attacked",
     )
     ap.add_argument("--overlap", type=float, default=TileGrid.overlap, help="the tiles' overlap")
     ap.add_argument("--tile-index", type=int, default=0, help="which crop (rows outer; 0: top left)")

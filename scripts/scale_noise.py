@@ -29,7 +29,7 @@ import torch
 
 from veil.artifact import Transform, load_transform, save_transform
 from veil.errors import VeilError
-from veil.models import create_model
+from veil.faceboxes.registry import create_model
 
 SATURATED = 8.0  # tanh(-8) = -1 + 2e-7: sigma is smin plus 1e-7 of the range, yet log(mean sigma) is finite
 

@@ -17,12 +17,12 @@ import torch
 from torchvision.transforms.functional import resize
 from torchvision.utils import make_grid
 
+from veil.faceboxes.pipeline import load_pipeline
+from veil.faceboxes.tiles import TileGrid, crops, hide_large_faces, tiled
 from veil.imageio import draw_detections, list_images, load_image, save_png
-from veil.pipeline import load_pipeline
-from veil.tiles import TileGrid, crops, hide_large_faces, tiled
 
 SHARED = Path(os.environ.get("VEIL_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-DEFAULT = Path(__file__).resolve().parents[1] / "src/veil/transforms/faceboxes-inception3-alpha0.12"
+DEFAULT = Path(__file__).resolve().parents[1] / "src/veil/faceboxes/transforms/faceboxes-inception3-alpha0.12"
 
 
 def main() -> None:

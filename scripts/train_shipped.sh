@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the transforms shipped in src/veil/transforms (27-75 CPU-minutes each on 2 cores, plus tail tuning).
+# Reproduces the transforms shipped in src/veil/faceboxes/transforms (27-75 CPU-minutes each on 2 cores, plus tail tuning).
 # Default configuration: split after inception3; the head's last block (inception3), the per-channel
 # noise and the tail are trained together against an online reconstruction attacker
 # (--train-head --privacy adversarial), label-free on LFW mosaics plus the *train* half of the street
@@ -13,7 +13,7 @@
 set -euo pipefail
 SHARED=${VEIL_SHARED:-../shared}
 W=$SHARED/weights/faceboxes/FaceBoxes.pth
-OUT=${1:-src/veil/transforms}
+OUT=${1:-src/veil/faceboxes/transforms}
 DEVICE=${VEIL_DEVICE:-cpu}  # VEIL_DEVICE=cuda: every run on the GPU (minutes instead of hours)
 common=(--weights "$W" --images "$SHARED/data/lfw/train" --labels "$SHARED/data/mask-scenes" --labels-part train
         --scene-fraction 0.75 --steps 1600 --samples 256 --size 1024 --seed 0 --device "$DEVICE" --quiet)

@@ -124,7 +124,7 @@ def faceboxes(weights: Path):  # type: ignore[no-untyped-def]
     Shared by many tests, so a test that trains or reloads it in place would corrupt the ones after it:
     the session ends by checking that its parameters and modules are those it was loaded with.
     """
-    from veil.models import create_model
+    from veil.faceboxes.registry import create_model
 
     model = create_model("faceboxes", weights)
     snapshot = {k: v.clone() for k, v in model.state_dict().items()}
@@ -155,7 +155,7 @@ def serve_images(fddb_sample: Path) -> list[torch.Tensor]:
 def serve_parts(weights: Path) -> dict[str, Any]:
     """Local reference: clean detector, a distinct noise-trained tail, and one fixed noise sample."""
     from serving import FixedNoise
-    from veil.detect import Detector, build_detector
+    from veil.faceboxes.detect import Detector, build_detector
     from veil.serve.export import noisy_tail_from_state_dict
     from veil.serve.validate import ACTIVATION_DIMS
 

@@ -78,7 +78,7 @@ def test_tuned_adapter_is_stored_and_served_alike(
     from conftest import TINY_TRAIN
     from veil.artifact import load_transform, release_digest
     from veil.cli.tune_cmd import tune_config
-    from veil.pipeline import load_pipeline, transform_tail
+    from veil.faceboxes.pipeline import load_pipeline, transform_tail
     from veil.serve.export import build_tails, torchscript_bytes
     from veil.training import TrainConfig, train
 

@@ -11,14 +11,9 @@ import pytest
 import torch
 
 from conftest import load_script, run_veil
-from veil.artifact import (
-    SHIPPED_DIR,
-    load_transform,
-    meta_digest,
-    release_digest,
-    save_transform,
-)
+from veil.artifact import load_transform, meta_digest, release_digest, save_transform
 from veil.errors import TransformError
+from veil.faceboxes.shipped import SHIPPED_DIR
 from veil.models.checkpoint import sha256_file
 from veil.noise import NoiseTransform
 

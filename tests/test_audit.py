@@ -127,7 +127,7 @@ def _channel_noise(sigma: float, shape: tuple[int, ...]) -> NoiseSpec:
 @pytest.fixture(scope="module")
 def lfw(shared_dir: Path, faceboxes: torch.nn.Module) -> dict[str, object]:
     """Clean RDCL activations of 160 auxiliary and 96 held-out LFW photos, and the mean-image floor."""
-    from veil.models import split_model
+    from veil.faceboxes.registry import split_model
 
     lfw_dir = shared_dir / "data" / "lfw"
     aux = ImageSet.load(list_images(lfw_dir / "attack")[: TINY.max_images], OUT, "aux")

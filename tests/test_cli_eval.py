@@ -121,7 +121,7 @@ def test_sharded_then_merged_equals_unsharded(
 def test_eval_part_splits_the_images_in_two(fddb_sample: Path, weights: Path) -> None:
     import re
 
-    from veil.data import load_dataset
+    from veil.faceboxes.data import load_dataset
 
     counts = {}
     for part in ("train", "test"):

@@ -11,11 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from veil.artifact import SHIPPED_DIR, load_transform, state_fingerprint
+from veil.artifact import load_transform, state_fingerprint
 from veil.client import VeilClient
 from veil.errors import ServingError, TransformError
+from veil.faceboxes.pipeline import transform_head
+from veil.faceboxes.shipped import SHIPPED_DIR
 from veil.noise import NoiseTransform
-from veil.pipeline import transform_head
 
 URL = "127.0.0.1:9"
 DEFAULT = SHIPPED_DIR / "faceboxes-inception3-alpha0.12"

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from veil.data import LabeledDataset, ellipses_to_boxes, load_dataset, load_fddb
 from veil.errors import DatasetError
+from veil.faceboxes.data import LabeledDataset, ellipses_to_boxes, load_dataset, load_fddb
 
 
 def write_fold(root: Path, fold: int, names: list[str], ellipse_text: str) -> Path:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from veil.data import LabeledDataset, load_dataset, load_widerface, xywh_to_xyxy
 from veil.errors import DatasetError
+from veil.faceboxes.data import LabeledDataset, load_dataset, load_widerface, xywh_to_xyxy
 
 
 def raw_blocks(gt: Path) -> dict[str, list[list[float]]]:

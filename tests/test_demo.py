@@ -17,12 +17,13 @@ from torchvision.io import decode_png, read_file
 from typer.testing import CliRunner
 
 from veil import assets
-from veil.artifact import load_transform, release_digest, shipped_transforms
+from veil.artifact import load_transform, release_digest
 from veil.cli.common import resolve_weights
 from veil.cli.main import app
-from veil.data import load_dataset
 from veil.demo_picture import SUPPRESSED_GREY, Panels, channel_mosaic, render
 from veil.errors import CheckpointError, VeilError
+from veil.faceboxes.data import load_dataset
+from veil.faceboxes.shipped import shipped_transforms
 from veil.models.checkpoint import sha256_file
 
 #: ../shared/weights/SHA256SUMS: the shipped checkpoint is that file, byte for byte.

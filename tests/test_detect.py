@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from veil.detect import Detector, PostProcess, decode, priors
+from veil.faceboxes.detect import Detector, PostProcess, decode, priors
 from veil.imageio import load_image, preprocess
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from veil.eval.ap import ap_details, average_precision, box_iou, match_detections, voc_ap, wider_style_ap
+from veil.faceboxes.eval.ap import (
+    ap_details,
+    average_precision,
+    box_iou,
+    match_detections,
+    voc_ap,
+    wider_style_ap,
+)
 
 GT2 = np.array([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
 

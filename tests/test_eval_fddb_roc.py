@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from veil.eval.fddb_roc import (
+from veil.faceboxes.eval.fddb_roc import (
     ellipse_bounding_boxes,
     ellipse_polygons,
     ellipse_rect_overlap,
     fddb_roc,
 )
 
-roc_mod = importlib.import_module("veil.eval.fddb_roc")
+roc_mod = importlib.import_module("veil.faceboxes.eval.fddb_roc")
 ELL = np.array([[40.0, 25.0, 0.7, 100.0, 80.0]])  # rotated by 0.7 rad
 
 

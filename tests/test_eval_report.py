@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from veil.eval.report import EvalResult, fold_mean, format_tr_results, write_json_atomic
+from veil.faceboxes.eval.report import EvalResult, fold_mean, format_tr_results, write_json_atomic
 
 
 def test_format_tr_results_two_folds_line_by_line() -> None:

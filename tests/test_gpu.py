@@ -13,13 +13,13 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from veil.artifact import shipped_transforms
-from veil.data import load_dataset
-from veil.detect import build_detector
-from veil.eval.runner import evaluate_draws
+from veil.faceboxes.data import load_dataset
+from veil.faceboxes.detect import build_detector
+from veil.faceboxes.eval.runner import evaluate_draws
+from veil.faceboxes.pipeline import load_pipeline
+from veil.faceboxes.shipped import shipped_transforms
 from veil.imageio import load_image, preprocess
 from veil.noise import NoiseTransform
-from veil.pipeline import load_pipeline
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -104,8 +104,8 @@ def test_cuda_audit_trains_real_attackers(
     from veil.audit import adapt_attacker, load_attacker, reconstruct, save_attacker, ssim, train_attacker
     from veil.audit.attack import ImageSet, head_activations, score
     from veil.audit.linkage import LinkageConfig, linkage_auc, train_verifier
+    from veil.faceboxes.registry import split_model
     from veil.imageio import list_images
-    from veil.models import split_model
 
     lfw = shared_dir / "data" / "lfw"
     aux = ImageSet.load(list_images(lfw / "attack")[: TINY.max_images], OUT, "aux")
@@ -150,7 +150,7 @@ def test_cuda_training_and_tail_tuning(weights: Path, shared_dir: Path, tmp_path
     from conftest import TINY_TRAIN
     from veil.artifact import load_transform, release_digest
     from veil.cli.tune_cmd import tune_config
-    from veil.models import create_model, split_model
+    from veil.faceboxes.registry import create_model, split_model
     from veil.models.adapter import adapter_shape
     from veil.training import TrainConfig, train
 

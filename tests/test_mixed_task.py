@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 from conftest import TINY_TRAIN
-from veil.models import create_model, split_model
+from veil.faceboxes.multibox import multibox_loss
+from veil.faceboxes.registry import create_model, split_model
 from veil.training import TrainConfig, train
 from veil.training.cache import prepare_cache
-from veil.training.multibox import multibox_loss
 
 
 def test_spared_anchors_are_never_negatives() -> None:

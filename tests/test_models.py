@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from veil.errors import CheckpointError, SplitPointError, UnknownModelError
-from veil.models import create_model, get_spec, list_models
-from veil.models.faceboxes import SPLIT_POINTS, FaceBoxes, count_parameters
+from veil.faceboxes.model import SPLIT_POINTS, FaceBoxes, count_parameters
+from veil.faceboxes.registry import create_model, get_spec, list_models
 
 
 def test_architecture_matches_published_layout() -> None:

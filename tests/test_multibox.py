@@ -14,13 +14,13 @@ from typer.testing import CliRunner
 
 from conftest import TINY_TRAIN
 from veil.cli.main import app
-from veil.data import load_dataset
-from veil.detect import decode, priors
 from veil.errors import VeilError
+from veil.faceboxes.data import load_dataset
+from veil.faceboxes.detect import decode, priors
+from veil.faceboxes.multibox import labeled_samples, match, match_samples, multibox_loss, random_crop
+from veil.faceboxes.registry import create_model
 from veil.imageio import preprocess
-from veil.models import create_model
 from veil.training import TrainConfig, train
-from veil.training.multibox import labeled_samples, match, match_samples, multibox_loss, random_crop
 
 
 def test_match_targets_decode_back_to_the_boxes() -> None:

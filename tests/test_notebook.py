@@ -16,7 +16,7 @@ NOTEBOOK = REPO / "examples" / "on_demand_inference.ipynb"
 
 @pytest.mark.slow
 def test_notebook_runs(shared_dir: Path, tmp_path: Path) -> None:
-    from veil.artifact import shipped_transforms
+    from veil.faceboxes.shipped import shipped_transforms
 
     if not shipped_transforms():
         pytest.skip("no shipped transforms in this checkout")

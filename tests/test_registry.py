@@ -20,7 +20,7 @@ from veil.errors import UnknownModelError, VeilError
 from veil.models import public
 from veil.models.public import build_model, list_entries, register_model, resolve_model, unregister_model
 
-SHIPPED = Path(veil.__file__).resolve().parent / "transforms"
+SHIPPED = Path(veil.__file__).resolve().parent / "faceboxes" / "transforms"
 
 
 def _tiny() -> nn.Module:
@@ -156,7 +156,9 @@ def test_entry_point_listed_loaded_lazily_and_broken_reported(plugin: Path) -> N
     shadow = [e for e in list_entries() if e.name == "faceboxes"]  # an entry point cannot shadow a built-in
     assert [e.source for e in shadow] == ["built-in", "entry point (veil_test_plugin)"]
     assert shadow[1].error == "name 'faceboxes' is already taken by a built-in model"
-    assert resolve_model("faceboxes") is public._faceboxes
+    import veil.faceboxes
+
+    assert resolve_model("faceboxes") is veil.faceboxes.faceboxes
     assert isinstance(resolve_model("plugin-mlp")(), nn.Linear)
     with pytest.raises(VeilError, match=r"'broken-one' .* is broken: .*has no attribute 'absent'"):
         resolve_model("broken-one")
@@ -194,16 +196,20 @@ def test_veil_models_cli_truthful_default_split() -> None:
 
 def test_listing_imports_no_torch_and_constants_match() -> None:
     code = "import sys, veil.models.public as p; p.list_entries(); print('torch' in sys.modules)"
+    # FaceBoxes is found through veil's own entry point (the core imports no task), still without torch
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False", proc.stderr
-    from veil.models.faceboxes import SPLIT_POINTS
+    from veil.faceboxes.model import SPLIT_POINTS
 
-    assert public.FACEBOXES_SPLIT_POINTS == SPLIT_POINTS
-    assert public.shipped_default_split("faceboxes") == _shipped_default_split()
+    import veil.faceboxes
+    from veil.faceboxes.shipped import shipped_default_split
+
+    assert veil.faceboxes.SPLIT_POINTS == SPLIT_POINTS
+    assert shipped_default_split() == _shipped_default_split()
 
 
 def test_builtin_faceboxes_still_via_create_model() -> None:
-    from veil.models import create_model, get_spec, list_models
+    from veil.faceboxes.registry import create_model, get_spec, list_models
 
     assert list_models() == ["faceboxes"] and get_spec("faceboxes").default_split == "rdcl"
     assert type(resolve_model("faceboxes")()) is type(create_model("faceboxes"))

@@ -12,8 +12,8 @@ from torch import nn
 from tritonclient.grpc import model_config_pb2 as mc
 from typer.testing import CliRunner
 
-from veil.detect import priors
 from veil.errors import ServingError
+from veil.faceboxes.detect import priors
 from veil.imageio import load_image, preprocess
 from veil.serve import export as ex
 from veil.serve.validate import ACTIVATION_DIMS, BASE_MODEL, NOISY_MODEL, NUM_ANCHORS
@@ -57,7 +57,7 @@ class FakeTail(nn.Module):
 @pytest.fixture(scope="module")
 def repo(faceboxes: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One real export: the base tail and a distinct noise-trained tail given as a state dict."""
-    from veil.models import get_spec, split_model
+    from veil.faceboxes.registry import get_spec, split_model
 
     head, base = split_model(faceboxes, get_spec("faceboxes").default_split)
     state = {k: v.clone() for k, v in base.state_dict().items()}

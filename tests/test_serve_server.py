@@ -46,8 +46,8 @@ def test_tiled_detection_through_the_server(
     server: Any, serve_parts: dict[str, Any], serve_images: list
 ) -> None:
     """``--tiles``: the frames leave as one noisy batch, then all their crops; boxes match the local path."""
+    from veil.faceboxes.tiles import TileGrid, tiled
     from veil.serve.validate import INPUT_SIZE
-    from veil.tiles import TileGrid, tiled
 
     grid = TileGrid(tiles=2)
     det = serve_parts["noisy"]

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from veil.artifact import SHIPPED_DIR, load_transform, shipped_transforms
-from veil.data import load_dataset
-from veil.eval.runner import evaluate_draws
-from veil.pipeline import load_pipeline
+from veil.artifact import load_transform
+from veil.faceboxes.data import load_dataset
+from veil.faceboxes.eval.runner import evaluate_draws
+from veil.faceboxes.pipeline import load_pipeline
+from veil.faceboxes.shipped import SHIPPED_DIR, shipped_transforms
 
 
 def test_shipped_set_is_complete_and_small() -> None:

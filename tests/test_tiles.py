@@ -14,9 +14,9 @@ from torch import Tensor
 
 from conftest import run_veil
 from veil.errors import InputError
-from veil.tiles import TileGrid, crops, hide_large_faces, merge, tiled
+from veil.faceboxes.tiles import TileGrid, crops, hide_large_faces, merge, tiled
 
-SHIPPED = Path(__file__).resolve().parents[1] / "src/veil/transforms/faceboxes-inception3-alpha0.12"
+SHIPPED = Path(__file__).resolve().parents[1] / "src/veil/faceboxes/transforms/faceboxes-inception3-alpha0.12"
 
 
 @pytest.mark.parametrize("tiles", [2, 3, 4])
@@ -147,8 +147,8 @@ def test_crops_never_show_a_face_the_frame_found_large() -> None:
 
 def test_the_release_paints_over_real_faces_before_cutting(weights: Path, shared_dir: Path) -> None:
     """LFW close-ups through the shipped release: the frame finds each face large, so no crop shows it."""
+    from veil.faceboxes.pipeline import load_pipeline
     from veil.imageio import list_images, load_image
-    from veil.pipeline import load_pipeline
 
     det = load_pipeline(weights, SHIPPED)
     photos = [load_image(p) for p in list_images(shared_dir / "data/lfw/test")[:6]]
@@ -165,7 +165,7 @@ def test_the_release_paints_over_real_faces_before_cutting(weights: Path, shared
 @pytest.mark.slow
 def test_tiles_find_the_crowd_the_private_default_loses(weights: Path, widerface_sample: Path) -> None:
     """On WIDER's crowd photos the default release drops sub-anchor faces; tiles win them back."""
-    from veil.data import load_dataset
+    from veil.faceboxes.data import load_dataset
     from veil.sweep import evaluate_transform
 
     data = load_dataset(widerface_sample)

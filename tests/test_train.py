@@ -105,7 +105,7 @@ def test_refuses_other_weights_shapes_and_corruption(
 
 
 def test_pipeline_checks_input_size(tiny_pair: dict[float, Path], weights: Path) -> None:
-    from veil.pipeline import load_pipeline
+    from veil.faceboxes.pipeline import load_pipeline
 
     with pytest.raises(TransformError, match="use --size 256"):
         load_pipeline(weights, tiny_pair[0.1], size=(1024, 1024))

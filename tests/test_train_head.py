@@ -13,7 +13,7 @@ from torch import nn
 from conftest import TINY_TRAIN, run_veil
 from veil.artifact import load_transform
 from veil.errors import InputError, SplitPointError, TransformError
-from veil.models.faceboxes import Inception
+from veil.faceboxes.model import Inception
 from veil.noise import NoiseTransform
 from veil.split import split_block
 from veil.training import TrainConfig, train
@@ -112,7 +112,7 @@ def test_artifact_stores_only_the_fine_tuned_block(trained_head: Path, weights: 
 
 
 def test_pipeline_runs_the_transforms_head(trained_head: Path, weights: Path, faceboxes: nn.Module) -> None:
-    from veil.pipeline import load_pipeline, transform_head
+    from veil.faceboxes.pipeline import load_pipeline, transform_head
 
     tr = load_transform(trained_head, weights)
     det = load_pipeline(weights, tr)
@@ -131,7 +131,7 @@ def test_pipeline_runs_the_transforms_head(trained_head: Path, weights: Path, fa
 def test_two_fine_tuned_blocks_are_stored_and_run(
     weights: Path, shared_dir: Path, tmp_path: Path, faceboxes: nn.Module
 ) -> None:
-    from veil.pipeline import load_pipeline
+    from veil.faceboxes.pipeline import load_pipeline
 
     base = dict(weights=str(weights), images=[str(shared_dir / "data/lfw/train")], alpha=0.5)
     with pytest.raises(InputError, match="add --train-head"):
@@ -176,7 +176,7 @@ def test_train_head_at_the_reference_split(
     weights: Path, shared_dir: Path, tmp_path: Path, faceboxes: nn.Module
 ) -> None:
     """At ``--split rdcl`` the head's block is RDCL's second conv; conv1 stays as the base weights."""
-    from veil.pipeline import load_pipeline
+    from veil.faceboxes.pipeline import load_pipeline
 
     args = ["train", "--weights", str(weights), "--images", str(shared_dir / "data/lfw/train")]
     args += ["--alpha", "0.5", "--split", "rdcl", "--train-head", "--granularity", "channel"]

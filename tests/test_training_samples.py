@@ -11,8 +11,8 @@ import pytest
 import torch
 from torchvision.io import write_png
 
-from veil.data.images import iter_training_samples, scene_crop
 from veil.errors import InputError
+from veil.faceboxes.data.images import iter_training_samples, scene_crop
 from veil.imageio import list_images, load_image
 from veil.training import TrainConfig
 

@@ -13,7 +13,7 @@ from conftest import TINY_TRAIN, run_script, run_veil, tiny_adversarial
 from veil.artifact import load_transform, release_digest
 from veil.cli.tune_cmd import tune_config
 from veil.errors import InputError, TransformError
-from veil.models import create_model
+from veil.faceboxes.registry import create_model
 from veil.training import TrainConfig, train
 
 
@@ -56,7 +56,7 @@ def test_release_is_unchanged_and_only_the_tail_moved(source: Path, tuned: Path,
 
 def _task_loss(cfg: TrainConfig, tr_paths: list[Path], draws: int = 6) -> list[float]:
     """Distillation loss of each transform's tail on ``cfg``'s training samples, same release draws."""
-    from veil.models import create_model, split_model
+    from veil.faceboxes.registry import create_model, split_model
     from veil.split import split_block
     from veil.training.cache import encode, prepare_cache
     from veil.training.losses import distillation_loss

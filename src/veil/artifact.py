@@ -180,9 +180,9 @@ def _head_fingerprint(
         return None
     if meta.get("base_weights_sha256") and sha256_file(path) != meta["base_weights_sha256"]:
         return None
-    from veil.models import create_model, split_model
+    from veil.models import build_model, split_model
 
-    head, _ = split_model(create_model(str(meta.get("model", "faceboxes")), path), str(meta["split"]))
+    head, _ = split_model(build_model(str(meta.get("model", "faceboxes")), path), str(meta["split"]))
     if head_state:
         head.load_state_dict(head_state, strict=False)
     return state_fingerprint(head)
@@ -386,22 +386,3 @@ def check_release(tr: Transform, expect: str | None, where: str) -> None:
             f"{where}: release {have[:16]}… is not the audited release {want[:16]}…: "
             "refusing to send; use the transform the audit names"
         )
-
-
-#: Transforms trained with this repository's code for ``FaceBoxes.pth`` ship inside the package.
-SHIPPED_DIR = Path(__file__).resolve().parent / "transforms"
-
-
-def shipped_transforms(include_all: bool = False) -> dict[float, Path]:
-    """Shipped transform directories keyed by alpha: the default configuration (one per alpha).
-
-    ``include_all`` adds the others; where two share an alpha, the default configuration's wins.
-    """
-    found: dict[float, Path] = {}
-    for meta_file in sorted(SHIPPED_DIR.glob("*/transform.json")):
-        record = json.loads(meta_file.read_text())
-        default = bool(record.get("default", False))
-        alpha = float(record["alpha"])
-        if default or (include_all and alpha not in found):
-            found[alpha] = meta_file.parent
-    return found

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
-from veil.artifact import Transform, load_transform, release_digest, shipped_transforms
+from veil.artifact import Transform, load_transform, release_digest
 from veil.audit.attack import Attacker, reconstruct
-from veil.data import load_dataset
 from veil.demo_picture import Panels, save_picture
 from veil.errors import VeilError
-from veil.eval.runner import evaluate_draws
+from veil.faceboxes.data import load_dataset
+from veil.faceboxes.eval.runner import evaluate_draws
+from veil.faceboxes.shipped import shipped_transforms
 from veil.imageio import load_image
 
 
@@ -56,8 +57,8 @@ def run_demo(
 ) -> list[DemoRow]:
     """Start Triton, evaluate clean and obfuscated through the client, write pictures, stop Triton."""
     from veil.client import VeilClient
-    from veil.models import create_model, get_spec, split_model
-    from veil.pipeline import transform_head, transform_tail
+    from veil.faceboxes.pipeline import transform_head, transform_tail
+    from veil.faceboxes.registry import create_model, get_spec, split_model
     from veil.serve.export import ScoresTail
     from veil.serve.server import BASE_MODEL, ServerConfig, VeilServer, free_ports
 

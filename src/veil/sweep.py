@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from veil.artifact import load_transform
-from veil.data.labels import LabeledDataset
-from veil.eval.runner import evaluate_draws
+from veil.faceboxes.data.labels import LabeledDataset
+from veil.faceboxes.eval.runner import evaluate_draws
+from veil.faceboxes.pipeline import load_pipeline
+from veil.faceboxes.tiles import TileGrid, tiled
 from veil.imageio import atomic_write_bytes, load_image
 from veil.noise import snr_db
-from veil.pipeline import load_pipeline
-from veil.tiles import TileGrid, tiled
 
 
 @dataclass
@@ -60,7 +60,8 @@ def evaluate_transform(
 ) -> SweepRow:
     """One row of the table: AP (mean and std over draws) and the transform's strength.
 
-    ``tiles`` > 1 detects in the full frame and its crops too (:mod:`veil.tiles`); compare with a clean
+    ``tiles`` > 1 detects in the full frame and its crops too (:mod:`veil.faceboxes.tiles`); compare with
+a clean
     row measured with the same ``tiles``.
     """
     det = load_pipeline(weights, transform)

@@ -37,10 +37,10 @@ from veil.audit.metrics import batched_dcor, distance_correlation, psnr, roc_auc
 from veil.audit.report import AuditResult, TargetResult, write_report
 from veil.audit.store import load_attacker, save_attacker
 from veil.errors import InputError
+from veil.faceboxes.pipeline import transform_head
+from veil.faceboxes.registry import create_model, split_model
 from veil.imageio import list_images
-from veil.models import create_model, split_model
 from veil.noise import snr_db
-from veil.pipeline import transform_head
 
 __all__ = [
     "AttackConfig",

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import nms
 
+from veil.faceboxes.model import ANCHOR_DENSITY, ANCHOR_SIZES, ANCHOR_STEPS
 from veil.imageio import Batch, preprocess
-from veil.models.faceboxes import ANCHOR_DENSITY, ANCHOR_SIZES, ANCHOR_STEPS
 
 VARIANCES = (0.1, 0.2)
 
@@ -152,7 +152,7 @@ def build_detector(
     verify: bool = False,
 ) -> Detector:
     """A ready :class:`Detector` from the registry, channels-last (the fast layout for CPU convolutions)."""
-    from veil.models import create_model, get_spec, split_model
+    from veil.faceboxes.registry import create_model, get_spec, split_model
 
     spec = get_spec(model)
     net = create_model(model, weights, verify=verify).to(device).to(memory_format=torch.channels_last)

@@ -141,6 +141,10 @@ class FaceBoxes(nn.Module):
             ("inception3", self.inception3),
         ]
 
+    def split_points(self) -> tuple[str, ...]:
+        """Where :meth:`split` may cut, in data-flow order."""
+        return SPLIT_POINTS
+
     def split(self, at: str = DEFAULT_SPLIT) -> tuple[FaceBoxesHead, FaceBoxesTail]:
         """Cut after stage ``at``; both halves share this model's parameters."""
         if at not in SPLIT_POINTS:

@@ -19,9 +19,9 @@ from torch import Tensor
 from torchvision.ops import box_convert, box_iou
 from tqdm import tqdm
 
-from veil.data import LabeledDataset
-from veil.detect import VARIANCES, priors
 from veil.errors import InputError
+from veil.faceboxes.data import LabeledDataset
+from veil.faceboxes.detect import VARIANCES, priors
 from veil.imageio import load_image
 
 MATCH_IOU = 0.35  # FaceBoxes' matching threshold
@@ -30,7 +30,7 @@ MIN_FACE_PX = 8.0  # boxes smaller than this after resizing are dropped (no anch
 
 
 def encode(boxes: Tensor, anchors: Tensor, variances: tuple[float, float] = VARIANCES) -> Tensor:
-    """Corner boxes [A, 4] (normalised) -> the regressions that :func:`veil.detect.decode` inverts."""
+    """Corner boxes [A, 4] (normalised) -> the regressions :func:`veil.faceboxes.detect.decode` inverts."""
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
     size = (boxes[:, 2:] - boxes[:, :2]).clamp_min(1e-6)
     offset = (centre - anchors[:, :2]) / (variances[0] * anchors[:, 2:])

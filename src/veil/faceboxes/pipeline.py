@@ -1,7 +1,7 @@
 """The client side, assembled: preprocess -> head -> noise (-> tail locally, or a server).
 
 ``load_pipeline`` turns base weights plus an optional transform directory into a ready
-:class:`~veil.detect.Detector`, checking that the two belong together.
+:class:`~veil.faceboxes.detect.Detector`, checking that the two belong together.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from veil.artifact import Transform, load_transform
-from veil.detect import Detector, PostProcess
 from veil.errors import TransformError
-from veil.models import create_model, get_spec, split_model
+from veil.faceboxes.detect import Detector, PostProcess
+from veil.faceboxes.registry import create_model, get_spec, split_model
 from veil.models.adapter import fit_tail
 
 

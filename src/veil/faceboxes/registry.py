@@ -13,7 +13,7 @@ from pathlib import Path
 from torch import nn
 
 from veil.errors import UnknownModelError
-from veil.models import faceboxes
+from veil.faceboxes import model as faceboxes
 from veil.models.checkpoint import KeyMap, load_into, read_state_dict, verify_sha256
 
 

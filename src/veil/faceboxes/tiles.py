@@ -11,7 +11,7 @@ model's mean colour (what the network sees as zero) before its crops are cut. An
 the frame already has would only give an attacker more than the frame does (docs/privacy.md, "Crowds
 without a new release: tiles"); a zoomed crop of a large face would also yield confident parts of it.
 
-Works with anything that maps images to boxes (a local :class:`~veil.detect.Detector` or a
+Works with anything that maps images to boxes (a local :class:`~veil.faceboxes.detect.Detector` or a
 :class:`~veil.client.VeilClient`): one batch of frames, then one batch of their crops.
 """
 
@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 from torchvision.ops import nms
 
-from veil.detect import PostProcess
 from veil.errors import InputError
-from veil.eval.runner import DetectFn
+from veil.faceboxes.detect import PostProcess
+from veil.faceboxes.eval.runner import DetectFn
 from veil.imageio import FACEBOXES_MEAN_BGR
 
 MAX_TILES = 6

@@ -5,7 +5,8 @@ layout a user deploys on their own Triton. Output convention, shared with :mod:`
 ``OUTPUT__0`` = box regressions [N, 21824, 4] against the 1024x1024 priors, ``OUTPUT__1`` = softmax face
 scores [N, 21824, 2] (background, face) — what the reference design calls the face scores, directly
 usable by any Triton client. veil's client turns the scores back into logits with ``log`` (softmax of
-``log p`` is ``p``), so local and remote decoding run the very same :class:`veil.detect.PostProcess`.
+``log p`` is ``p``), so local and remote decoding run the very same
+:class:`veil.faceboxes.detect.PostProcess`.
 
 Every TorchScript file is checked against the eager tail *after* a save/load round trip (the bytes that
 are written are the ones checked), and the repository is assembled in a temporary folder that is renamed
@@ -95,10 +96,10 @@ def build_tails(
     split: str | None = None,
 ) -> tuple[nn.Module, nn.Module]:
     """(base tail, noisy tail) from a checkpoint; without a trained noisy tail both are the base weights."""
-    from veil.models import create_model, get_spec, split_model
+    from veil.models import build_model, resolve_entry, split_model
 
-    net = create_model(model, weights)
-    _, base = split_model(net, split or get_spec(model).default_split)
+    net = build_model(model, weights)
+    _, base = split_model(net, split or resolve_entry(model).split or "")
     base.eval()
     noisy = noisy_tail_from_state_dict(base, tail_state_dict) if tail_state_dict is not None else base
     return base, noisy

@@ -23,7 +23,7 @@ SCORES_NAME = "OUTPUT__1"
 BASE_MODEL = "face_detection_base"
 NOISY_MODEL = "face_detection_noisy"
 #: FaceBoxes at 1024x1024 split after the RDCL: the activation, and the anchors it yields
-#: (32*32*21 + 16*16 + 8*8 = 21824, equal to ``len(veil.detect.priors(1024, 1024))``).
+#: (32*32*21 + 16*16 + 8*8 = 21824, equal to ``len(veil.faceboxes.detect.priors(1024, 1024))``).
 ACTIVATION_DIMS: tuple[int, int, int] = (128, 32, 32)
 NUM_ANCHORS = 21824
 LOC_DIMS: tuple[int, int] = (NUM_ANCHORS, 4)

@@ -1,6 +1,7 @@
 """Cutting a model in two, and the three-part model veil runs: head -> noise -> tail.
 
-Models from the registry know their own split points (``model.split(at)``); any ``nn.Sequential``
+Models that know their own split points (FaceBoxes) offer ``model.split_points()`` and
+``model.split(at)``; any ``nn.Sequential``
 can be cut after one of its named children. Anything else gets a typed error that says what to do.
 """
 
@@ -18,10 +19,6 @@ def split_points(model: nn.Module) -> list[str]:
     points = getattr(model, "split_points", None)
     if callable(points):
         return list(points())
-    from veil.models.faceboxes import SPLIT_POINTS, FaceBoxes
-
-    if isinstance(model, FaceBoxes):
-        return list(SPLIT_POINTS)
     if isinstance(model, nn.Sequential):
         return [name for name, _ in model.named_children()][:-1]
     return []

@@ -18,10 +18,10 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from veil.errors import InputError
+from veil.faceboxes.multibox import multibox_loss
 from veil.imageio import preprocess
 from veil.noise import NoiseTransform, snr_db
 from veil.training.losses import distillation_loss
-from veil.training.multibox import multibox_loss
 
 if TYPE_CHECKING:
     from veil.training.config import TrainConfig
@@ -109,9 +109,9 @@ def prepare_cache(
     block: nn.Module | None = None,
 ) -> Cache:
     """Training samples for this rank, their clean activations and outputs, and (multibox) targets."""
-    from veil.data import load_dataset
-    from veil.data.images import iter_training_samples
-    from veil.training.multibox import labeled_samples, match_samples
+    from veil.faceboxes.data import load_dataset
+    from veil.faceboxes.data.images import iter_training_samples
+    from veil.faceboxes.multibox import labeled_samples, match_samples
 
     labeled = [load_dataset(d).part(cfg.labels_part) for d in cfg.labels]
     boxed = cfg.samples if cfg.task == "multibox" else cfg.samples // 2 if cfg.task == "mixed" else 0

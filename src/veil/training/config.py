@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from veil.data.images import GRID_CHOICES, check_grids
 from veil.device import check_device
 from veil.errors import InputError
-from veil.models import get_spec
+from veil.faceboxes.data.images import GRID_CHOICES, check_grids
+from veil.faceboxes.registry import get_spec
 from veil.noise import Granularity
 from veil.split import head_blocks_available
 from veil.training.losses import DISTILL_WEIGHTS, TASKS
@@ -70,7 +70,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Refuse option values the run would otherwise silently ignore (CLI and library alike)."""
-        from veil.data.labels import PARTS
+        from veil.faceboxes.data.labels import PARTS
 
         check_device(self.device)
         check_numbers(self)

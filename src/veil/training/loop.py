@@ -29,7 +29,7 @@ from tqdm import tqdm
 from veil.artifact import save_transform
 from veil.device import dist_info
 from veil.errors import InputError
-from veil.models import create_model, get_spec, split_model
+from veil.faceboxes.registry import create_model, get_spec, split_model
 from veil.models.adapter import attach_adapter
 from veil.models.checkpoint import sha256_file
 from veil.noise import NoiseTransform, privacy_loss

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Sequence
 
-from veil.data.fddb import FOLDS_DIR, ellipses_to_boxes, load_fddb
-from veil.data.labels import LabeledDataset, LabeledImage, group_sort_key
-from veil.data.widerface import SPLIT_DIR, load_widerface, xywh_to_xyxy
 from veil.errors import DatasetError
+from veil.faceboxes.data.fddb import FOLDS_DIR, ellipses_to_boxes, load_fddb
+from veil.faceboxes.data.labels import LabeledDataset, LabeledImage, group_sort_key
+from veil.faceboxes.data.widerface import SPLIT_DIR, load_widerface, xywh_to_xyxy
 
 __all__ = [
     "LabeledDataset",

@@ -12,14 +12,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from veil.data.labels import (
+from veil.errors import DatasetError
+from veil.faceboxes.data.labels import (
     LabeledDataset,
     LabeledImage,
     check_image_files,
     read_face_count,
     rows_to_array,
 )
-from veil.errors import DatasetError
 
 _FOLD_RE = re.compile(r"^FDDB-fold-(\d+)\.txt$")
 FOLDS_DIR = "FDDB-folds"

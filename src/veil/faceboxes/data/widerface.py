@@ -10,14 +10,14 @@ import pathlib
 
 import numpy as np
 
-from veil.data.labels import (
+from veil.errors import DatasetError
+from veil.faceboxes.data.labels import (
     LabeledDataset,
     LabeledImage,
     check_image_files,
     read_face_count,
     rows_to_array,
 )
-from veil.errors import DatasetError
 
 SPLIT_DIR = "wider_face_split"
 SPLITS = ("val", "train")

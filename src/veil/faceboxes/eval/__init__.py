@@ -1,6 +1,6 @@
 """Detection metrics for FDDB: pooled VOC AP, the official FDDB ROC, and report formatting."""
 
-from veil.eval.ap import (
+from veil.faceboxes.eval.ap import (
     APResult,
     ap_details,
     average_precision,
@@ -9,14 +9,14 @@ from veil.eval.ap import (
     voc_ap,
     wider_style_ap,
 )
-from veil.eval.fddb_roc import (
+from veil.faceboxes.eval.fddb_roc import (
     FddbRoc,
     ellipse_bounding_boxes,
     ellipse_polygons,
     ellipse_rect_overlap,
     fddb_roc,
 )
-from veil.eval.report import EvalResult, fold_mean, format_tr_results, write_json_atomic
+from veil.faceboxes.eval.report import EvalResult, fold_mean, format_tr_results, write_json_atomic
 
 __all__ = [
     "APResult",

@@ -18,11 +18,11 @@ import numpy as np
 from torch import Tensor
 from tqdm import tqdm
 
-from veil.data.labels import LabeledDataset, LabeledImage, group_sort_key
 from veil.errors import VeilError
-from veil.eval.ap import average_precision
-from veil.eval.fddb_roc import fddb_roc
-from veil.eval.report import EvalResult, fold_mean, write_json_atomic
+from veil.faceboxes.data.labels import LabeledDataset, LabeledImage, group_sort_key
+from veil.faceboxes.eval.ap import average_precision
+from veil.faceboxes.eval.fddb_roc import fddb_roc
+from veil.faceboxes.eval.report import EvalResult, fold_mean, write_json_atomic
 from veil.imageio import load_image
 
 #: Anything that turns decoded images into per-image [M, 5] detections.
