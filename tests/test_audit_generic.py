@@ -343,10 +343,16 @@ def test_input_spec_normalisation() -> None:
     assert x.shape == (1, 3, 8, 8) and torch.allclose(x[0, :, 0, 0], want)
     grey = prepare([img], {"shape": [1, 4, 4], "dtype": "float32", "normalisation": None}, (4, 4))
     assert grey.shape == (1, 1, 4, 4) and torch.allclose(grey, torch.ones(1))
-    bgr = check_normalisation({"mean": [104.0, 117.0, 123.0]}, 3)
-    assert bgr is not None and bgr[2] == 255.0
+    assert check_normalisation({"mean": [104.0, 117.0, 123.0]}, 3)[2] == 1.0  # 0-255 statistics
+    assert check_normalisation(None, 3) == (None, None, 1 / 255)
+    # what `veil train --model` records: scale first, then mean/std (either may be null)
+    recorded = {"scale": 1 / 255, "resize": [4, 4], "mean": None, "std": [0.5]}
+    x = prepare([img], {"shape": [3, 4, 4], "dtype": "float32", "normalisation": recorded}, (4, 4))
+    assert torch.allclose(x, torch.full((1, 3, 4, 4), 2.0))
     with pytest.raises(InputError, match="understands"):
-        check_normalisation({"mean": [0.5], "scale": 2}, 3)
+        check_normalisation({"mean": [0.5], "offset": 2}, 3)
+    with pytest.raises(InputError, match="scale must be"):
+        check_normalisation({"scale": -1.0}, 3)
     with pytest.raises(InputError, match="std must be > 0"):
         check_normalisation({"mean": [0.5], "std": [0.0]}, 3)
     assert default_output_size((64, 64), 128) == 64 and default_output_size((224, 300), 128) == 128

@@ -5,11 +5,12 @@ image batch ``(B, C, H, W)`` with C = 1 or 3 and a floating dtype, and its wire 
 ``(B, C', h, w)`` with the noise's feature axis on C'. Anything else (token ids, vectors, a rank-3
 wire) is refused in one line before any model is built.
 
-Images are prepared the way the input spec says: resized (bilinear, anti-aliased) to (H, W), scaled to
-[0, 1] floats, averaged to grey when C = 1, then ``(x - mean) / std`` when the spec records a
-normalisation ``{"mean": [...], "std": [...]}`` (one value or one per channel). Values above 1 in
-``mean`` mean the statistics are in the 0-255 scale (as FaceBoxes' are); the pixels are then scaled to
-0-255 before normalising. Without a recorded normalisation the model gets [0, 1] floats.
+Images are prepared the way the input spec says: resized (bilinear, anti-aliased) to (H, W), averaged to
+grey when C = 1, multiplied by the recorded ``scale`` (``veil train --model`` records 1/255), then
+``(x - mean) / std`` for the recorded mean/std (one value or one per channel; null: skipped). Without a
+``scale``, a mean above 1 means 0-255 statistics (as FaceBoxes' are: scale 1), else [0, 1] ones (scale
+1/255). Without any recorded normalisation the model gets [0, 1] floats. ``resize`` is ignored (the
+input spec's H x W, or ``--size``, decides).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tqdm import tqdm
 from veil.artifact import GENERIC, Transform, load_transform
 from veil.errors import CheckpointError, InputError, TransformError, VeilError
 
-NORMALISATION_KEYS = ("mean", "std")
+NORMALISATION_KEYS = ("mean", "std", "scale", "resize")
 
 
 def read_transform(path: str | Path) -> Transform:
@@ -58,27 +59,44 @@ def image_spec(tr: Transform) -> tuple[int, int, int]:
     return shape[0], shape[1], shape[2]
 
 
-def check_normalisation(norm: Any, channels: int) -> tuple[Tensor, Tensor, float] | None:
-    """(mean, std, pixel scale) from the recorded normalisation, None without one; bad records refused."""
+def check_normalisation(norm: Any, channels: int) -> tuple[Tensor | None, Tensor | None, float]:
+    """(mean or None, std or None, pixel scale) with ``x = (pixels_0_255 * scale - mean) / std``.
+
+    The record is ``veil train --model``'s ``{"scale": 1/255, "resize": [H, W], "mean": [...] | null,
+    "std": [...] | null}`` or ``protect(normalisation={"mean": [...], "std": [...]})``; without ``scale``
+    a mean above 1 means 0-255 statistics (scale 1), else [0, 1] ones (scale 1/255). Bad records are
+    refused in one line.
+    """
     if norm is None:
-        return None
-    if not isinstance(norm, dict) or set(norm) - set(NORMALISATION_KEYS) or "mean" not in norm:
+        return None, None, 1 / 255
+    if not isinstance(norm, dict) or set(norm) - set(NORMALISATION_KEYS):
         raise InputError(
-            f"input spec normalisation {norm!r}: veil audit understands {{'mean': [...], 'std': [...]}} "
-            "(one value or one per channel); re-save it with protect(normalisation=...) in that form"
+            f"input spec normalisation {norm!r}: veil audit understands the keys "
+            f"{', '.join(NORMALISATION_KEYS)} (mean/std: one value or one per channel); re-save it with "
+            "protect(normalisation=...) in that form"
         )
-    try:
-        mean = torch.tensor([float(v) for v in _as_list(norm["mean"])])
-        std = torch.tensor([float(v) for v in _as_list(norm.get("std", 1.0))])
-    except (TypeError, ValueError):
-        raise InputError(f"input spec normalisation {norm!r}: mean and std must be numbers") from None
-    for name, v in (("mean", mean), ("std", std)):
-        if v.numel() not in (1, channels) or not bool(torch.isfinite(v).all()):
-            raise InputError(f"input spec normalisation: {name} needs 1 or {channels} finite values, got {v}")
-    if bool((std <= 0).any()):
-        raise InputError(f"input spec normalisation: std must be > 0, got {std.tolist()}")
-    scale = 255.0 if float(mean.abs().max()) > 1.0 else 1.0
-    return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1), scale
+    values: dict[str, Tensor | None] = {}
+    for name in ("mean", "std"):
+        raw = norm.get(name)
+        try:
+            v = None if raw is None else torch.tensor([float(x) for x in _as_list(raw)])
+        except (TypeError, ValueError):
+            raise InputError(f"input spec normalisation: {name} must be numbers, got {raw!r}") from None
+        if v is not None and (v.numel() not in (1, channels) or not bool(torch.isfinite(v).all())):
+            raise InputError(
+                f"input spec normalisation: {name} needs 1 or {channels} finite values, got {raw!r}"
+            )
+        values[name] = None if v is None else v.view(1, -1, 1, 1)
+    mean, std = values["mean"], values["std"]
+    if std is not None and bool((std <= 0).any()):
+        raise InputError(f"input spec normalisation: std must be > 0, got {norm.get('std')!r}")
+    if norm.get("scale") is not None:
+        scale = norm["scale"]
+        if not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
+            raise InputError(f"input spec normalisation: scale must be a number > 0, got {scale!r}")
+        return mean, std, float(scale)
+    big = mean is not None and float(mean.abs().max()) > 1.0
+    return mean, std, 1.0 if big else 1 / 255
 
 
 def _as_list(v: Any) -> list[Any]:
@@ -88,21 +106,20 @@ def _as_list(v: Any) -> list[Any]:
 def prepare(images: Sequence[Tensor], spec: dict[str, Any], size: tuple[int, int]) -> Tensor:
     """uint8 RGB images [3, h, w] -> the model's input batch (see the module docstring)."""
     channels = int(spec["shape"][0])
-    norm = check_normalisation(spec.get("normalisation"), channels)
-    batch = (
-        torch.stack(
-            [
-                F.interpolate(img.unsqueeze(0).float(), size=size, mode="bilinear", antialias=True)[0]
-                for img in images
-            ]
-        ).clamp_(0, 255)
-        / 255.0
-    )
+    mean, std, scale = check_normalisation(spec.get("normalisation"), channels)
+    batch = torch.stack(
+        [
+            F.interpolate(img.unsqueeze(0).float(), size=size, mode="bilinear", antialias=True)[0]
+            for img in images
+        ]
+    ).clamp_(0, 255)
     if channels == 1:
         batch = batch.mean(1, keepdim=True)
-    if norm is not None:
-        mean, std, scale = norm
-        batch = (batch * scale - mean) / std
+    batch = batch * scale
+    if mean is not None:
+        batch = batch - mean
+    if std is not None:
+        batch = batch / std
     return batch.to(getattr(torch, str(spec["dtype"])))
 
 
