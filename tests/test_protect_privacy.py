@@ -98,6 +98,12 @@ def mean_fit(model: nn.Module, images: Tensor) -> Protected:
 
 
 @pytest.fixture(scope="module")
+def head_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the train_head test leaves its transform for the Triton test."""
+    return tmp_path_factory.mktemp("head") / "trained"
+
+
+@pytest.fixture(scope="module")
 def source(mean_fit: Protected, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return mean_fit.save(tmp_path_factory.mktemp("privacy") / "r18")
 
@@ -171,7 +177,7 @@ def test_adversarial_refusals(model: nn.Module, images: Tensor) -> None:
 
 # -- (b) train_head ----------------------------------------------------------------------------------
 def test_train_head_trains_the_head_and_the_transform_carries_it(
-    model: nn.Module, images: Tensor, tmp_path: Path
+    model: nn.Module, images: Tensor, tmp_path: Path, head_dir: Path
 ) -> None:
     p = protected(model, images)
     untrained = state_fingerprint(p.head)
@@ -184,6 +190,7 @@ def test_train_head_trains_the_head_and_the_transform_carries_it(
     assert stats and all(torch.equal(before[k], after[k]) for k in stats)  # batch norm stayed in eval
 
     path = p.save(tmp_path / "head")
+    p.save(head_dir)  # for the Triton test below
     meta = json.loads((path / "transform.json").read_text())
     assert meta["head_trained"] and meta["has_head"]
     assert meta["head_sha256"] == state_fingerprint(p.head) != untrained
@@ -310,3 +317,30 @@ def test_cli_tune_tail_refusals_are_one_line(
     err = capsys.readouterr().err
     assert exit_.value.code != 0 and says in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_a_tuned_head_trained_transform_through_a_real_triton(
+    model: nn.Module, images: Tensor, tmp_path: Path, head_dir: Path
+) -> None:
+    """train_head + tail tuning with an adapter, served by ``veil serve --transform`` (Triton, 127.0.0.1)."""
+    from veil.client import VeilClient
+    from veil.serve.server import ServerConfig, VeilServer, free_ports
+
+    if not head_dir.is_dir():
+        pytest.skip("needs test_train_head_trains_the_head_and_the_transform_carries_it's transform")
+    out = tune_tail(head_dir, model, batches(images), tmp_path / "tuned", steps=3, adapter=16, progress=False)
+    q = veil.load(out, model)
+    assert q.head_trained and isinstance(q.tail, AdaptedTail)
+    http, grpc, metrics = free_ports(3)
+    config = ServerConfig(http_port=http, grpc_port=grpc, metrics_port=metrics, instances=1)
+    with VeilServer.from_transform(out, config).start() as server:
+        client = VeilClient(server.endpoints.http, "http", transform=q, timeout=30)
+        got = client.infer(images)
+        sent = client.last_sent
+        client.close()
+    assert sent is not None and sent.shape == (7, 128, 8, 8)
+    with torch.no_grad():
+        want = q.tail(torch.from_numpy(sent))
+    assert isinstance(got, Tensor) and got.shape == (7, 10)
+    assert (got - want).abs().max().item() < 1e-4
