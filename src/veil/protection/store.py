@@ -61,6 +61,7 @@ from torch.utils import _pytree as pytree
 
 from veil.artifact import GENERIC, load_transform, save_transform, state_fingerprint
 from veil.errors import InputError, TransformError
+from veil.models.adapter import fit_tail
 from veil.protection.adapter import adapted
 
 if TYPE_CHECKING:
@@ -263,8 +264,10 @@ def load(
             f"{path}: made for activations {tr.noise.shape}, this model gives {p.noise.shape} at its split"
         )
     p.noise = tr.noise
-    if meta.get("tail_adapter"):
+    if meta.get("tail_adapter"):  # veil.protection.tune_tail's adapter (AdaptedTail)
         p.tail = adapted(p.tail, meta["tail_adapter"])
+    elif tr.tail_state and hasattr(p.tail, "adapter"):
+        fit_tail(p.tail, tr.tail_state)  # a tail with its own adapter slot (FaceBoxes' tune-tail)
     p.tail.load_state_dict(tr.tail_state or {})
     if tr.head_state is not None:
         p.head.load_state_dict(tr.head_state)

@@ -6,6 +6,10 @@ sits right after ``m``'s last node, and is valid when exactly one value computed
 needed afterwards, that value is ``m``'s output and it is a tensor. Parameters and values computed from
 parameters alone are not inputs: the tail re-reads them. The head and tail are ``fx.GraphModule``\\ s that
 share the model's submodules and parameters (same objects, same state_dict keys as in the model).
+
+A model that declares its own split points — ``model.split_points()`` and ``model.split(at)`` returning
+``(head, tail)``, as FaceBoxes does — is cut where it says instead (the timm-style interface a model
+offers when ``forward`` is not traceable); the exactness check is the same.
 """
 
 from __future__ import annotations
@@ -200,8 +204,40 @@ def split_points(model: nn.Module, example: Tensor | tuple[Tensor, ...]) -> list
     """Valid split names (module paths from ``model.named_modules()``), in execution order.
 
     A module's name comes when the module finishes, so ``layer1.1`` comes before ``layer1``.
+    A model that declares its split points (``split_points()``) lists them itself.
     """
+    if _declares(model):
+        return [str(p) for p in model.split_points()]  # type: ignore[operator]
     return [path for _, path, _ in _valid(_trace(model, example))]
+
+
+def _declares(model: nn.Module) -> bool:
+    """Whether ``model`` offers its own cut: ``split_points()`` and ``split(at) -> (head, tail)``."""
+    return callable(getattr(model, "split_points", None)) and callable(getattr(model, "split", None))
+
+
+def _declared_cut(
+    model: nn.Module, split: str, example: Tensor | tuple[Tensor, ...]
+) -> tuple[nn.Module, nn.Module]:
+    points = [str(p) for p in model.split_points()]  # type: ignore[operator]
+    name = type(model).__name__
+    if split not in points:
+        close = difflib.get_close_matches(split, points, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise SplitPointError(f"no split point {split!r} in {name}: {hint}it declares {', '.join(points)}")
+    head, tail = model.split(split)  # type: ignore[operator]
+    inputs = example if isinstance(example, tuple) else (example,)
+    with _eval(model), torch.no_grad():
+        want = model(*inputs)
+        crossing = head(*inputs)
+        if not isinstance(crossing, Tensor):
+            raise SplitPointError(f"cannot split {name} after {split!r}: {_NOT_TENSOR}")
+        got = tail(crossing)
+    if not _same(want, got):
+        raise SplitPointError(
+            f"cannot split {name} after {split!r}: tail(head(x)) differs from model(x) on the example"
+        )
+    return head, tail
 
 
 def _closest(names: list[str], wanted: str) -> str:
@@ -293,8 +329,11 @@ def cut(model: nn.Module, split: str, example: Tensor | tuple[Tensor, ...]) -> t
     ``head`` takes the model's inputs and returns the one tensor that crosses the cut; ``tail`` takes
     that tensor and returns the model's own output structure (tensor, tuple, dict). Both are
     ``fx.GraphModule``\\ s sharing ``model``'s submodules and parameters (state_dict keys as in
-    ``model``); they are traced in eval mode and work for any batch size.
+    ``model``); they are traced in eval mode and work for any batch size. A model that declares its own
+    split points is cut by its own ``split(at)``.
     """
+    if _declares(model):
+        return _declared_cut(model, split, example)
     g = _trace(model, example)
     if split not in g.modules:
         valid = _valid(g)
