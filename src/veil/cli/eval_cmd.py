@@ -116,11 +116,11 @@ def eval_main(
     from veil.serve.validate import INPUT_SIZE
 
     check_writable(json_out, "--json", folder=False)
-    w = resolve_model_option(model, weights).require_faceboxes("eval")
     if dataset is None:
         raise VeilError(
             "missing --dataset: pass an FDDB root (FDDB-folds/ + originalPics/) or a WIDER FACE root"
         )
+    w = resolve_model_option(model, weights).require_faceboxes("eval")
     set_threads(threads)
     data = load_dataset(dataset, folds=_parse_folds(folds), skip_missing=skip_missing).part(part)
     if data.missing:
