@@ -246,7 +246,7 @@ def test_vector_wire_gets_a_linear_adapter(tmp_path: Path) -> None:
     r = p.release(xs[0])
     assert torch.equal(adapted(copy.deepcopy(p.tail), spec)(r), p.tail(r))  # a fresh adapter: identity
     source = p.save(tmp_path / "mlp")
-    out = tune_tail(source, net, xs, tmp_path / "tuned", steps=40, adapter=16, progress=False)
+    out = tune_tail(source, net, xs, tmp_path / "tuned", steps=40, adapter=16, lr_tail=1e-3, progress=False)
     tuned = veil.load(out, net)
     assert isinstance(tuned.tail, AdaptedTail) and isinstance(tuned.tail.adapter, LinearAdapter)
     assert load_transform(out).meta["release_sha256"] == load_transform(source).meta["release_sha256"]

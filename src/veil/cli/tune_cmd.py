@@ -239,7 +239,7 @@ def _tune_generic(
         out,
         steps,
         adapter=adapter or None,
-        lr_tail=lr_tail if lr_tail is not None else 1e-3,
+        lr_tail=lr_tail,
         progress=not quiet,
         device=check_device(device),
     )

@@ -41,7 +41,7 @@ def tune_tail(
     steps: int = 200,
     *,
     adapter: int | None = None,
-    lr_tail: float = 1e-3,
+    lr_tail: float | None = None,
     loss: str | LossFn | None = None,
     checkpoint: str | Path | None = None,
     progress: bool = True,
@@ -54,7 +54,9 @@ def tune_tail(
 
     ``model`` (or ``head``/``tail``) is the model the transform was made for; ``batches`` as in
     :meth:`Protected.fit`. A source that already has an adapter keeps it (``adapter`` must then be None or
-    its width). ``device``: where to train (default: where ``model`` is). Returns ``out``.
+    its width). ``lr_tail``: default the source fit's (``fit.lr_tail``), else 1e-4: a tail that already
+    matches well is easily pushed off by a larger rate. ``device``: where to train (default: where ``model``
+    is). Returns ``out``.
     """
     if Path(out).resolve() == Path(transform).resolve():
         raise InputError("tune_tail: out must differ from the source transform (it is read while writing)")
@@ -74,6 +76,9 @@ def tune_tail(
             p.tail = adapted(p.tail, spec).to(next(p.noise.parameters()).device)
             p.meta["tail_adapter"] = spec
     kept = {key: copy.deepcopy(p.meta.get(key)) for key in ("fit", "task")}
+    if lr_tail is None:
+        recorded = (kept["fit"] or {}).get("lr_tail")
+        lr_tail = float(recorded) if isinstance(recorded, int | float) else 1e-4
     result = fit(
         p,
         batches,
