@@ -202,6 +202,11 @@ def test_train_head_trains_the_head_and_the_transform_carries_it(
     with pytest.raises(TransformError, match="made for model"):
         veil.load(path, nn.Sequential(*list(seeded_resnet18().children())[:-1]))
 
+    # head and online attacker together: the attacker's term reaches the head through the release
+    attacker = OnlineAttacker.for_protected(p, images)
+    fit(p, images, 2, train_head=True, lr_head=1e-3, attacker=attacker)
+    assert all(0.0 < row[4] < 2.0 for row in p.history[-2:]) and attacker.seen == 8
+
 
 # -- (c) server-side tail tuning with an adapter ------------------------------------------------------
 def test_tail_tuning_keeps_the_release_and_brings_the_outputs_closer(
