@@ -36,6 +36,10 @@ def net(weights=None):
     return m
 
 
+def random_net():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten())
+
+
 def not_a_module():
     return 3
 
@@ -254,3 +258,11 @@ def test_client_refuses_a_faceboxes_head_rebuilt_from_other_weights(tmp_path: Pa
     with pytest.raises(ServingError, match="not the recorded head_sha256") as err:
         VeilClient("127.0.0.1:9", transform=tr, weights=tmp_path / "other.pth")
     assert "\n" not in str(err.value)
+
+
+def test_train_refuses_a_factory_with_random_weights(here: Any, tmp_path: Path) -> None:
+    """A transform fits one model instance: a factory that draws new weights per call could never load it."""
+    args = ["train", "--model", "veil_cli_zoo:random_net", "--alpha", "0.2", "--data", str(images())]
+    proc = here(*args, "--size", "8", "--split", "1", "--out", str(tmp_path / "o"))
+    one_line(proc, "builds different weights on every call", "pass --weights")
+    assert not (tmp_path / "o").exists()

@@ -140,8 +140,15 @@ def train_generic(choice: ModelChoice, opts: GenericOptions) -> tuple[Path, dict
     from torch.utils.data import DataLoader
 
     import veil
+    from veil.artifact import state_fingerprint
 
-    model: nn.Module = choice.build().to(opts.device)
+    model: nn.Module = choice.build()
+    if state_fingerprint(model) != state_fingerprint(choice.build()):  # veil.load needs this very model
+        raise VeilError(
+            f"{choice.spec} builds different weights on every call (random initialisation?): its transform "
+            "could never be loaded again; pass --weights, or a factory that loads fixed weights"
+        )
+    model = model.to(opts.device)
     size = _size(opts, choice.entry.example_input())
     mean, std = _channels(opts.mean, "--mean"), _channels(opts.std, "--std")
     images = ImageFolder(opts.data, size, mean, std)
