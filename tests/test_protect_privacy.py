@@ -150,6 +150,8 @@ def test_adversarial_fit_moves_sigma_otherwise_and_resumes_the_game(
         assert torch.allclose(fresh.decoder.state_dict()[key].float(), value.float(), atol=1e-5), key
     assert torch.allclose(again.noise.rho, p.noise.rho, atol=1e-5)
 
+    with pytest.raises(InputError, match="pass the same attacker"):  # not silently a mean fit from here
+        fit(protected(model, images), images, STEPS + 1, checkpoint=ckpt)
     with pytest.raises(InputError, match="sized"):  # another attacker cannot take over this game
         fit(
             protected(model, images),

@@ -182,6 +182,11 @@ def fit(
             attacker.load_state_dict(state["attacker"])
         elif attacker is not None and start > 0:
             raise InputError(f"{ckpt}: a fit without an attacker: delete it to start the adversarial fit")
+        if attacker is None and "attacker" in state:
+            raise InputError(
+                f"{ckpt}: an adversarial fit (it holds an online attacker): pass the same attacker= to "
+                "resume it, or delete the checkpoint"
+            )
     elif world > 1:  # every rank must use rank 0's smax (DDP syncs parameters, not this number)
         box = [p.noise.smax]
         dist.broadcast_object_list(box, src=0)
