@@ -171,7 +171,15 @@ def test_export_checks_the_named_model_against_the_transform(
     assert not (tmp_path / "r2").exists()
 
 
-@pytest.mark.parametrize("command", [["detect", "x.jpg"], ["eval", "--dataset", "d"], ["demo"], ["serve"]])
+def test_eval_of_a_model_without_an_evaluator_is_one_line(here: Any) -> None:
+    one_line(
+        here("eval", "--dataset", "d", "--model", "veil_cli_zoo:net"),
+        "veil eval: veil_cli_zoo:net is a generic model and declares no evaluator",
+        "register_model(..., evaluate=fn)",
+    )
+
+
+@pytest.mark.parametrize("command", [["detect", "x.jpg"], ["demo"], ["serve"]])
 def test_face_commands_refuse_a_generic_model_in_one_line(here: Any, command: list[str]) -> None:
     line = one_line(here(*command, "--model", "veil_cli_zoo:net"), "veil_cli_zoo:net is a generic model")
     assert "veil train --model veil_cli_zoo:net" in line and "veil serve --transform" in line

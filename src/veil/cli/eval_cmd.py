@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -27,6 +27,7 @@ from veil.cli.common import (
 from veil.errors import VeilError
 
 if TYPE_CHECKING:
+    from veil.cli.common import ModelChoice
     from veil.faceboxes.data.labels import LabeledDataset
 
 app = typer.Typer(help="Evaluate a detector on an FDDB or WIDER FACE folder.", invoke_without_command=True)
@@ -116,11 +117,24 @@ def eval_main(
     from veil.serve.validate import INPUT_SIZE
 
     check_writable(json_out, "--json", folder=False)
+    missing = "missing --dataset: pass an FDDB root (FDDB-folds/ + originalPics/) or a WIDER FACE root"
+    if dataset is None and model.strip().lower() == "faceboxes":
+        raise VeilError(missing)
+    choice = resolve_model_option(model, weights)
+    if not choice.faceboxes:  # another task: its own evaluator (accuracy, balanced accuracy, ...)
+        set_threads(threads)
+        client = {"expect_release": expect_release, "ca_cert": ca_cert}
+        result = evaluate_task(choice, dataset, part, transform, alpha, server, draws, quiet, client)
+        _print_task_result(result)
+        if json_out is not None:
+            from veil.faceboxes.eval.report import write_json_atomic
+
+            meta = {"model": model, "dataset": None if dataset is None else str(dataset)}
+            write_json_atomic(json_out, result | {"meta": meta})
+        return
+    w = choice.require_faceboxes("eval")
     if dataset is None:
-        raise VeilError(
-            "missing --dataset: pass an FDDB root (FDDB-folds/ + originalPics/) or a WIDER FACE root"
-        )
-    w = resolve_model_option(model, weights).require_faceboxes("eval")
+        raise VeilError(missing)
     set_threads(threads)
     data = load_dataset(dataset, folds=_parse_folds(folds), skip_missing=skip_missing).part(part)
     if data.missing:
@@ -173,6 +187,50 @@ def eval_main(
             write_json_atomic(json_out, summary.to_json() | {"meta": meta})
         else:
             write_part(json_out, preds, summary.mean, meta)
+
+
+def evaluate_task(
+    choice: ModelChoice,
+    dataset: Path | None,
+    part: str,
+    transform: Path | None,
+    alpha: float | None,
+    server: str | None,
+    draws: int,
+    quiet: bool,
+    client: dict[str, Any],
+) -> dict[str, Any]:
+    """``veil eval --model NAME`` for a model of another task: the evaluator its registry entry declares."""
+    evaluate = choice.entry.evaluate
+    if evaluate is None:
+        raise VeilError(
+            f"veil eval: {choice.spec} is a {choice.entry.task} model and declares no evaluator: register "
+            "it with veil.register_model(..., evaluate=fn) (or an entry point whose ModelEntry sets evaluate)"
+        )
+    if transform is not None and alpha is not None:
+        raise VeilError("give --transform or --alpha (a shipped transform), not both")
+    return evaluate(
+        choice.build(),
+        dataset=dataset,
+        part=part,
+        transform=transform,
+        alpha=alpha,
+        server=server,
+        draws=draws,
+        progress=not quiet,
+        **client,
+    )
+
+
+def _print_task_result(result: dict[str, Any]) -> None:
+    """Scalar metrics one per line, then per-class values (``per_class``), then anything else nested."""
+    for key, value in result.items():
+        if isinstance(value, float):
+            typer.echo(f"{key}: {value:.4f}")
+        elif isinstance(value, int | str):
+            typer.echo(f"{key}: {value}")
+    for name, value in (result.get("per_class") or {}).items():
+        typer.echo(f"  {name}: {value:.4f}" if isinstance(value, float) else f"  {name}: {value}")
 
 
 def _shard(data: LabeledDataset, index: int | None, num_shards: int) -> LabeledDataset:

@@ -70,6 +70,12 @@ class ModelEntry:
     task: str = GENERIC_TASK
     weights: str | None = None  # a task "faceboxes" entry's default checkpoint (else --weights)
     split_note: str = ""  # shown by `veil models` next to the split points (e.g. the shipped default)
+    #: The task's evaluator for `veil eval --model NAME` (a model of task "generic"):
+    #: ``evaluate(model, *, dataset, part, transform, alpha, server, draws, progress, **client) -> dict``
+    #: where ``transform`` is a transform directory or None (clean) and ``alpha`` picks the task's shipped
+    #: transform; the dict holds the metrics (``accuracy``, ``balanced_accuracy``, ``per_class``, ...)
+    #: that `veil eval` prints and writes with ``--json``. None: the model has no evaluator.
+    evaluate: Callable[..., dict[str, Any]] | None = None
 
     def example_input(self) -> Any:
         """The example batch as a Tensor (``None`` when the model declares none)."""
@@ -104,6 +110,7 @@ def register_model(
     overwrite: bool = False,
     task: str = GENERIC_TASK,
     weights: str | Path | None = None,
+    evaluate: Callable[..., dict[str, Any]] | None = None,
 ) -> ModelEntry:
     """Register ``factory`` (returns an ``nn.Module``, optionally takes ``weights=``) as ``name``.
 
@@ -135,6 +142,7 @@ def register_model(
         description=description,
         task=task,
         weights=None if weights is None else str(weights),
+        evaluate=evaluate,
     )
     _REGISTERED[key] = entry
     return entry
@@ -212,6 +220,7 @@ _ENTRY_FIELDS = (
     "task",
     "weights",
     "split_note",
+    "evaluate",
 )
 
 
