@@ -341,7 +341,7 @@ def test_per_element_transform_is_refused_at_another_size(weights: Path, tmp_pat
 def test_sweep_rows_join_by_directory_then_name_then_unique_alpha(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from veil.audit import _join_sweep
+    from veil.audit.faceboxes import _join_sweep
 
     rows = [
         {"alpha": 0.8, "retained": 0.4, "transform": "faceboxes-inception3-alpha0.8"},

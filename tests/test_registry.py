@@ -199,9 +199,8 @@ def test_listing_imports_no_torch_and_constants_match() -> None:
     # FaceBoxes is found through veil's own entry point (the core imports no task), still without torch
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False", proc.stderr
-    from veil.faceboxes.model import SPLIT_POINTS
-
     import veil.faceboxes
+    from veil.faceboxes.model import SPLIT_POINTS
     from veil.faceboxes.shipped import shipped_default_split
 
     assert veil.faceboxes.SPLIT_POINTS == SPLIT_POINTS

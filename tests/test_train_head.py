@@ -202,7 +202,7 @@ def test_train_head_at_the_reference_split(
 def test_audit_attacks_what_the_transforms_head_releases(
     trained_head: Path, weights: Path, shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import veil.audit as audit
+    import veil.audit.faceboxes as audit
     from veil.audit import AttackConfig, LinkageConfig, run_audit
 
     heads: list[nn.Module] = []

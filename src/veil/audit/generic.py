@@ -24,7 +24,6 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from veil.artifact import release_digest
-from veil.audit import SHOW, _floor, _measure, _released, _set_name, _slug, _summary
 from veil.audit.attack import (
     AttackConfig,
     Attacker,
@@ -37,6 +36,8 @@ from veil.audit.attack import (
 from veil.audit.decoder import ARCHITECTURE, plan
 from veil.audit.inputs import activations, image_spec, load_protected, read_transform
 from veil.audit.linkage import LinkageConfig, linkage_auc, train_verifier
+from veil.audit.measure import SHOW, measure, released, set_name, slug, summary
+from veil.audit.measure import floor as mean_floor
 from veil.audit.report import AuditResult, TargetResult, write_report
 from veil.audit.store import save_attacker
 from veil.errors import InputError
@@ -170,9 +171,9 @@ def run_generic_audit(
     taken: set[str] = set()
     sets = {}
     for d in evals:
-        name = _set_name(Path(d), taken)
+        name = set_name(Path(d), taken)
         sets[name] = ImageSet.load(list_images(d)[:max_eval], cfg.output_size, name)
-    floor = _floor(aux_set, sets)
+    floor = mean_floor(aux_set, sets)
     cache: dict[tuple[str, str], Tensor] = {}
 
     def acts(target: _Target, which: str) -> Tensor:
@@ -207,7 +208,7 @@ def run_generic_audit(
                 adapted = adapt_attacker(attacker, k, a, aux_set.targets, aux_set.paths, cfg, progress)
                 attackers[k] = [adapted]
                 adapt_curves[str(k)] = adapted.curve
-        save_attacker(attacker, out / "attackers" / f"{_slug(target.name)}.safetensors")
+        save_attacker(attacker, out / "attackers" / f"{slug(target.name)}.safetensors")
         verifier = train_verifier(a, aux_set.paths, spec, link_cfg, f"verifier {target.name}", progress)
         res = TargetResult(
             name=target.name,
@@ -223,7 +224,7 @@ def run_generic_audit(
             res.release_sha256 = release_digest(tr)
         for name, image_set in sets.items():
             e = acts(target, name)
-            res.sets[name] = _measure(attackers, e, image_set, spec, cfg)
+            res.sets[name] = measure(attackers, e, image_set, spec, cfg)
             link = linkage_auc(verifier, e, image_set.paths, spec, seed=cfg.seed + 11)
             if link is not None:
                 res.linkage[name] = link
@@ -242,12 +243,12 @@ def run_generic_audit(
                 f"{attacker.plateau_gain:.3f} in the last quarter of training; raise --steps."
             )
         if primary is not None:
-            recon = decode(attacker.decoder, _released(acts(target, primary)[:SHOW], spec, cfg.seed + 101))
+            recon = decode(attacker.decoder, released(acts(target, primary)[:SHOW], spec, cfg.seed + 101))
             label = target.name if p is None else f"{target.name} (α={res.alpha:g})"
             recon_rows.append((label, (recon * 255).round().to(torch.uint8)))
         results.append(res)
         if progress:
-            tqdm.write(_summary(res, primary))
+            tqdm.write(summary(res, primary))
     if not linkage_done:
         notes.append(
             "Linkage: not applicable here, no auxiliary or evaluation image names carry an identity "

@@ -129,8 +129,8 @@ def eval_main(
         if json_out is not None:
             from veil.faceboxes.eval.report import write_json_atomic
 
-            meta = {"model": model, "dataset": None if dataset is None else str(dataset)}
-            write_json_atomic(json_out, result | {"meta": meta})
+            task_meta = {"model": model, "dataset": None if dataset is None else str(dataset)}
+            write_json_atomic(json_out, result | {"meta": task_meta})
         return
     w = choice.require_faceboxes("eval")
     if dataset is None:
