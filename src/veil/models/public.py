@@ -76,6 +76,13 @@ class ModelEntry:
     #: transform; the dict holds the metrics (``accuracy``, ``balanced_accuracy``, ``per_class``, ...)
     #: that `veil eval` prints and writes with ``--json``. None: the model has no evaluator.
     evaluate: Callable[..., dict[str, Any]] | None = None
+    #: The task's shipped transform directories (``transforms() -> list of paths``), which ``veil sweep
+    #: --model NAME`` evaluates when no ``--transform`` is given. None: the task ships none.
+    transforms: Callable[[], list[Path]] | None = None
+    #: Rows for ``veil audit`` of a vector model without ``--aux``/``--eval``: ``audit_data() -> {"aux":
+    #: (N, D) array the attacker trains on, "eval": {name: (M, D) array never trained on}, "features":
+    #: [D column names]}``. None: the audit needs ``--aux``/``--eval`` files.
+    audit_data: Callable[[], dict[str, Any]] | None = None
 
     def example_input(self) -> Any:
         """The example batch as a Tensor (``None`` when the model declares none)."""
@@ -221,6 +228,8 @@ _ENTRY_FIELDS = (
     "weights",
     "split_note",
     "evaluate",
+    "transforms",
+    "audit_data",
 )
 
 
