@@ -280,18 +280,16 @@ def test_another_model_is_refused_in_one_line(setup: dict[str, Any], monkeypatch
     assert "veil.protect" in line and "FaceBoxes" in line and "separate runs" in line
 
 
-def test_a_vector_transform_is_not_an_image_model(
+def test_a_vector_transform_takes_rows_not_images(
     setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A (B, D) -> (B, C) transform goes to the vector audit (tests/test_tabular.py), which reads rows."""
     monkeypatch.setenv("PYTHONPATH", str(setup["root"]))
     result = _audit(
         setup, "--model", "toy_models_audit:mlp", "--out", str(setup["root"] / "m"), transform=setup["mlp"]
     )
     line = _one_line_error(result)
-    assert (
-        "veil audit reconstructs images: transform mlp has input spec" in line
-        and "not an image model" in line
-    )
+    assert "a vector audit reads rows from a .npy (N, D) or .csv file" in line
 
 
 def test_released_noise_is_what_the_attacker_draws(setup: dict[str, Any]) -> None:

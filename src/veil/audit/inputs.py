@@ -52,9 +52,9 @@ def image_spec(tr: Transform) -> tuple[int, int, int]:
     if not image or len(wshape) != 3 or int(wire.get("feature_axis", -1)) != 0:
         name = tr.path.name if tr.path else "?"
         raise InputError(
-            f"veil audit reconstructs images: transform {name} has input spec {dtype} (B, "
-            f"{', '.join(map(str, shape))}) and wire (B, {', '.join(map(str, wshape))}) (not an image model: "
-            "it needs (B, 1 or 3, H, W) float inputs and a (B, C, h, w) wire)"
+            f"veil audit reconstructs images or vectors: transform {name} has input spec {dtype} (B, "
+            f"{', '.join(map(str, shape))}) and wire (B, {', '.join(map(str, wshape))}) (it needs (B, 1 or "
+            "3, H, W) float inputs and a (B, C, h, w) wire, or (B, D) float inputs and a (B, C) wire)"
         )
     return shape[0], shape[1], shape[2]
 

@@ -178,6 +178,8 @@ def score(
 def read_rows(path: Path, features: int | None = None) -> tuple[np.ndarray, list[str] | None]:
     """(rows (N, D) float32, column names or None) of a ``.npy`` or ``.csv`` file; refusals in one line."""
     path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file (rows for the vector audit: .csv or .npy)")
     if not path.is_file() or path.suffix.lower() not in (".npy", ".csv"):
         raise InputError(
             f"{path}: a vector audit reads rows from a .npy (N, D) or .csv file (header of column names); "

@@ -19,11 +19,17 @@ def audit(
     transform: list[Path] = typer.Option(
         [], "--transform", "-t", help="Transform directory to attack (repeatable; none: clean baseline only)."
     ),
-    aux: Path = typer.Option(
-        ..., "--aux", help="The attacker's auxiliary images, e.g. ../shared/data/lfw/attack."
+    aux: Path | None = typer.Option(
+        None,
+        "--aux",
+        help="The attacker's auxiliary images, e.g. ../shared/data/lfw/attack; vector transforms: rows "
+        "(.csv/.npy), optional for a --model that supplies its own (breast-cancer-mlp).",
     ),
     eval_dirs: list[Path] = typer.Option(
-        ..., "--eval", help="Held-out images (repeatable); the first is the headline set, e.g. lfw/test."
+        [],
+        "--eval",
+        help="Held-out images (repeatable); the first is the headline set, e.g. lfw/test; vector "
+        "transforms: rows (.csv/.npy), optional as --aux.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Report folder: report.md, metrics.json, PNGs."),
     weights: Path | None = typer.Option(
@@ -89,6 +95,16 @@ def audit(
     if linkage_steps is not None:
         link.steps = linkage_steps
     generic = _generic_transforms(transform)
+    if generic and _vector_transforms(transform):
+        from veil.audit.vector import VectorAttackConfig, audit_vectors
+
+        vcfg = VectorAttackConfig(seed=seed, device=cfg.device, max_rows=max_images)
+        vcfg.steps = steps or vcfg.steps
+        audit_vectors(transform, model, weights, aux, eval_dirs, out, vcfg, clean_split, not quiet)
+        typer.echo(f"report: {out / 'report.md'} (vector audit: R^2 per feature, r2_per_feature.png)")
+        return
+    if aux is None or not eval_dirs:
+        raise VeilError("--aux and --eval are required: the attacker's images and held-out images to score")
     if generic:
         result = _run_generic(
             transform,
@@ -128,6 +144,17 @@ def audit(
     typer.echo(
         f"report: {out / 'report.md'} ({len(result.targets)} targets, {len(result.eval_sets)} eval sets)"
     )
+
+
+def _vector_transforms(transforms: list[Path]) -> bool:
+    """True when every --transform releases vectors (B, C) from (B, D) inputs; mixing is refused."""
+    from veil.audit.inputs import read_transform
+    from veil.audit.vector import is_vector
+
+    kinds = {path: is_vector(read_transform(path)) for path in transforms}
+    if len(set(kinds.values())) > 1:
+        raise VeilError("--transform mixes vector and image transforms: audit them in separate runs")
+    return any(kinds.values())
 
 
 def _generic_transforms(transforms: list[Path]) -> bool:
