@@ -1,6 +1,9 @@
 """What ``--tiles 2`` does, in two pictures: the crowd it finds, and what a crop of a close-up sends.
 
-    python scripts/tiles_figure.py [--out reports/tiles-default]
+    python scripts/tiles_figure.py [--out out/tiles-figure] [--overwrite]
+
+The committed pictures are ``reports/tiles-default/``; the script writes elsewhere by default and never
+replaces an existing picture without ``--overwrite`` (``--out reports/tiles-default --overwrite``: remake).
 
 ``crowd.png``: the WIDER sample's 80-face photo through the default release, full frame (left) and tiled
 (right), boxes at score >= 0.5. ``painted.png``: LFW close-ups (top), each as its crops are cut from it after
@@ -27,9 +30,13 @@ DEFAULT = Path(__file__).resolve().parents[1] / "src/veil/faceboxes/transforms/f
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("reports/tiles-default"))
+    ap.add_argument("--out", type=Path, default=Path("out/tiles-figure"))
     ap.add_argument("--transform", type=Path, default=DEFAULT)
+    ap.add_argument("--overwrite", action="store_true", help="replace crowd.png / painted.png if they exist")
     args = ap.parse_args()
+    existing = [p for p in (args.out / "crowd.png", args.out / "painted.png") if p.exists()]
+    if existing and not args.overwrite:
+        raise SystemExit(f"error: {existing[0]} exists; pass --overwrite to replace it, or another --out")
     args.out.mkdir(parents=True, exist_ok=True)
     det = load_pipeline(SHARED / "weights/faceboxes/FaceBoxes.pth", args.transform)
     grid, size = TileGrid(tiles=2), det.size or (1024, 1024)

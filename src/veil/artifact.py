@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from veil.errors import TransformError, VeilError
+from veil.files import follow_umask
 from veil.models.checkpoint import sha256_file
 from veil.noise import NoiseTransform
 
@@ -256,6 +257,9 @@ def save_transform(
         record["tensors_sha256"] = sha256_file(tmp / TENSORS)
         record["meta_sha256"] = meta_digest(record)
         (tmp / META).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        for written in tmp.iterdir():  # safetensors writes 0600; a transform is a user output
+            follow_umask(written)
+        follow_umask(tmp, directory=True)  # mkdtemp made it 0700
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

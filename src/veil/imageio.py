@@ -25,6 +25,7 @@ from torchvision.io import ImageReadMode, decode_image, encode_png
 from torchvision.utils import draw_bounding_boxes
 
 from veil.errors import InputError
+from veil.files import follow_umask
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 FACEBOXES_MEAN_BGR = (104.0, 117.0, 123.0)
@@ -201,6 +202,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        follow_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

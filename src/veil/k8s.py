@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from veil.errors import VeilError
+from veil.files import follow_umask
 
 TEMPLATE_PACKAGE = "veil"
 TEMPLATE_DIR = "k8s_templates"
@@ -351,6 +352,7 @@ def write_manifests(manifests: Sequence[Manifest], out_dir: str | os.PathLike[st
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 yaml.safe_dump(manifest.doc, fh, sort_keys=False)
+            follow_umask(tmp)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

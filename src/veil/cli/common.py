@@ -219,21 +219,30 @@ def parse_size(
 
 
 def resolve_transform(transform: Path | None, alpha: float | None) -> Path | None:
-    """``--transform DIR`` as given, or the shipped transform for ``--alpha`` (the reference knob)."""
+    """``--transform DIR`` (or a shipped transform's name, e.g. ``faceboxes-rdcl-alpha0.8``) as given, or
+    the shipped transform at the default split for ``--alpha`` (the reference knob)."""
     if transform is not None and alpha is not None:
         raise VeilError("give either --transform or --alpha, not both")
-    if alpha is None:
-        return transform
-    from veil.faceboxes.shipped import shipped_transforms
+    from veil.faceboxes.shipped import resolve_alpha, shipped_by_name, shipped_transforms
 
-    shipped = shipped_transforms()
-    for value, path in shipped.items():
-        if abs(value - alpha) < 1e-9:
-            return path
-    have = ", ".join(f"{a:g}" for a in sorted(shipped)) or "none"
-    raise VeilError(
-        f"no shipped transform for --alpha {alpha:g} (shipped: {have}); train one with `veil train`"
-    )
+    if alpha is None:
+        if transform is not None and not transform.exists() and len(transform.parts) == 1:
+            shipped = shipped_by_name().get(transform.name)
+            if shipped is not None:
+                return shipped
+        return transform
+    chosen, others = resolve_alpha(alpha)
+    also = ", ".join(f"--transform {name}" for name in others)
+    if chosen is None:
+        have = ", ".join(f"{a:g}" for a in sorted(shipped_transforms())) or "none"
+        raise VeilError(
+            f"no shipped transform for --alpha {alpha:g} at the default split (shipped: {have}"
+            + (f"; at {alpha:g} on another split: {also}" if also else "")
+            + "); pass your own with --transform DIR, or train one with `veil train`"
+        )
+    if others:
+        typer.echo(f"--alpha {alpha:g}: {chosen.name} (the default split); also shipped: {also}", err=True)
+    return chosen
 
 
 ExpectReleaseOpt = typer.Option(

@@ -28,7 +28,13 @@ def demo(
         help="FDDB or WIDER FACE folder. Default: $VEIL_DATASET, else the shipped "
         "FDDB sample (7 images, 11 faces).",
     ),
-    transform: list[Path] = typer.Option([], "--transform", "-t", help="Default: veil's shipped transforms."),
+    transform: list[Path] = typer.Option(
+        [],
+        "--transform",
+        "-t",
+        help="Transform directory or shipped name (repeatable). Default: the shipped transforms of the "
+        "default split, one per alpha.",
+    ),
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Folder for the pictures."),
     draws: int = typer.Option(2, min=1, help="Noise draws per transform (AP is their mean)."),
     threads: int | None = typer.Option(2, min=1, help="CPU threads for PyTorch."),
@@ -37,8 +43,9 @@ def demo(
     """Start Triton, send the FDDB sample clean and obfuscated, print the table, write pictures, stop."""
     from veil.assets import choose, default_weights, sample_dataset
     from veil.cli.checks import check_writable
-    from veil.cli.common import resolve_model_option, set_threads
+    from veil.cli.common import resolve_model_option, resolve_transform, set_threads
     from veil.demo import format_table, run_demo
+    from veil.faceboxes.shipped import shipped_by_name, shipped_transforms
 
     check_writable(out, "--out")
     set_threads(threads)
@@ -46,7 +53,13 @@ def demo(
         weights = choose(weights, "VEIL_WEIGHTS", default_weights, "weights")
     w = resolve_model_option(model, weights).require_faceboxes("demo")
     d = choose(dataset, "VEIL_DATASET", sample_dataset, "dataset")
-    rows = run_demo(w, d, out, transforms=transform or None, draws=draws, progress=not quiet)
+    paths = [p for p in (resolve_transform(t, None) for t in transform) if p is not None]
+    if not paths:
+        shown = set(shipped_transforms().values())
+        others = [name for name, path in shipped_by_name().items() if path not in shown]
+        if others:  # another split at an alpha the table already has (the demo's model names are per alpha)
+            typer.echo(f"not shown (another split): {', '.join(others)} — `veil demo -t NAME` shows one")
+    rows = run_demo(w, d, out, transforms=paths or None, draws=draws, progress=not quiet)
     typer.echo("\n" + format_table(rows))
     typer.echo(
         "\npictures (clean | α: detections | what left the machine | what the shipped attacker rebuilds) "

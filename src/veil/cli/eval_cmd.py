@@ -75,11 +75,16 @@ def eval_main(
         None, help="Split point (accuracy does not depend on it without noise)."
     ),
     transform: Path | None = typer.Option(
-        None, "--transform", "-t", help="Transform directory: evaluate with noise."
+        None,
+        "--transform",
+        "-t",
+        help="Transform directory, or a shipped transform's name (e.g. faceboxes-rdcl-alpha0.8): "
+        "evaluate with noise.",
     ),
     alpha: float | None = FloatOpt(
         None,
-        help="Use the shipped transform with this ALPHA (reference design).",
+        help="Use the shipped transform with this ALPHA at the default split (reference design); "
+        "the other split's by name with --transform.",
         low=0,
         high=1,
         high_open=True,
@@ -89,7 +94,10 @@ def eval_main(
     ),
     tiles: int = TilesOpt,
     draws: int = typer.Option(
-        0, min=0, help="Noise draws to average (default: 3 with a transform, 1 without)."
+        0,
+        min=0,
+        show_default=False,
+        help="Noise draws to average; 0 = auto: 3 with a transform, 1 without.",
     ),
     shard_index: int | None = typer.Option(
         None, min=0, help="This shard (default: $JOB_COMPLETION_INDEX, set by Kubernetes Indexed Jobs)."

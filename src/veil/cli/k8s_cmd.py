@@ -32,7 +32,10 @@ def render_cmd(
         "ReadWriteMany", help="PVC access mode (sharded pods share the data PVC)."
     ),
     alpha: str = typer.Option(
-        "0.8", help="Noise level(s) of the obfuscated Job, e.g. 0.2,0.5: one Job each."
+        "0.8",
+        help="Noise level(s) of the obfuscated Job, e.g. 0.2,0.5: one Job each, in (0, 1). "
+        "Each Job reads the transform at --transform-dir with $(ALPHA) expanded, so put one there per alpha "
+        "(unlike `veil eval --alpha`, any alpha you trained, not only the shipped ones).",
     ),
     gpus: int = typer.Option(
         1, min=0, help="nvidia.com/gpu limit per inference pod and for Triton; 0 = CPU only."
@@ -64,6 +67,10 @@ def render_cmd(
     from veil.k8s import K8sConfig, parse_alphas, render, to_yaml, write_manifests
 
     check_writable(out, "--out")
+    alphas = parse_alphas(alpha)
+    too_big = [a for a in alphas if float(a) >= 1]
+    if too_big:
+        raise VeilError(f"--alpha must be in (0, 1), got {', '.join(too_big)}")
 
     cfg = K8sConfig(
         namespace=namespace,
@@ -74,7 +81,7 @@ def render_cmd(
         access_mode=access_mode,
         data_size=data_size,
         model_repo_size=model_repo_size,
-        alphas=parse_alphas(alpha),
+        alphas=alphas,
         gpus=gpus,
         cpu=cpu,
         memory=memory,

@@ -23,17 +23,64 @@ if TYPE_CHECKING:
     from veil.training import TrainConfig
 
 
+#: ``veil train --recipe NAME``: named option sets. ``shipped-default`` is the release step of the shipped
+#: default transform (``scripts/train_shipped.sh``, step 1: faceboxes-inception3-alpha0.12); its tail was then
+#: tuned further with ``veil tune-tail --adapter 2`` (step 2). The data options stay yours.
+RECIPES: dict[str, dict[str, Any]] = {
+    "shipped-default": {
+        "split": "inception3",
+        "alpha": 0.12,
+        "granularity": "channel",
+        "train_tail": True,
+        "train_head": True,
+        "lr_tail": 1e-4,
+        "privacy": "adversarial",
+        "adversary_weight": 3.0,
+        "adversary_steps": 4,
+        "adversary_size": 1024,
+        "distill_weights": "uniform",
+        "steps": 1600,
+        "samples": 256,
+        "input_size": 1024,
+        "scene_fraction": 0.75,
+    }
+}
+_OPTION_OF = {"input_size": "size"}  # TrainConfig field -> the command's parameter, where they differ
+
+
+def _recipe(ctx: typer.Context, name: str | None) -> dict[str, Any]:
+    """The recipe's values for every option not given on the command line (or by environment)."""
+    if name is None:
+        return {}
+    if name not in RECIPES:
+        raise VeilError(f"--recipe must be one of {', '.join(RECIPES)}, got {name!r}")
+    sources = {p: ctx.get_parameter_source(p) for p in ctx.params}
+    given = {p for p, source in sources.items() if source is not None and source.name != "DEFAULT"}
+    return {k: v for k, v in RECIPES[name].items() if _OPTION_OF.get(k, k) not in given}
+
+
 def _check_alpha(alpha: float) -> None:
     if not 0.0 <= alpha < 1.0:
         raise VeilError(f"--alpha must be in [0, 1), got {alpha}")
 
 
 def _config(
-    weights: Path, images: list[Path], scenes: list[Path], alpha: float, granularity: str, **options: Any
+    weights: Path,
+    images: list[Path],
+    scenes: list[Path],
+    alpha: float,
+    granularity: str,
+    recipe: dict[str, Any] | None = None,
+    **options: Any,
 ) -> TrainConfig:
-    """One validated TrainConfig from command-line values (shared by train and sweep)."""
+    """One validated TrainConfig from command-line values (shared by train and sweep); ``recipe`` (from
+    :func:`_recipe`) overrides the options it names."""
     from veil.noise import GRANULARITIES
     from veil.training import TrainConfig
+
+    recipe = dict(recipe or {})
+    alpha, granularity = recipe.pop("alpha", alpha), recipe.pop("granularity", granularity)
+    options.update(recipe)
 
     _check_alpha(alpha)
     if granularity not in GRANULARITIES:
@@ -68,6 +115,7 @@ def _faceboxes_size(size: str | None) -> int:
 
 
 def train(
+    ctx: typer.Context,
     model: str = ModelOpt,
     weights: Path | None = WeightsOpt,
     data: Path | None = typer.Option(
@@ -80,8 +128,12 @@ def train(
         None, help="With --data: per-channel std divided by after --mean, e.g. 0.229,0.224,0.225."
     ),
     images: list[Path] = typer.Option([], "--images", "-i", help="Unlabeled photos (mosaicked); repeatable."),
-    alpha: float = FloatOpt(
-        ..., help="0 = accuracy only ... towards 1 = hide as much as possible.", low=0, high=1, high_open=True
+    alpha: float | None = FloatOpt(
+        None,
+        help="0 = accuracy only ... towards 1 = hide as much as possible (required unless --recipe sets it).",
+        low=0,
+        high=1,
+        high_open=True,
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Transform directory to write."),
     scenes: list[Path] = typer.Option(
@@ -190,6 +242,14 @@ def train(
     threads: int | None = ThreadsOpt,
     device: str = typer.Option("cpu", help="Where to train: cpu or cuda (one process; the cache must fit)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
+    recipe: str | None = typer.Option(
+        None,
+        "--recipe",
+        help="FaceBoxes: shipped-default = the options the shipped default's release was trained with "
+        "(scripts/train_shipped.sh: split inception3, alpha 0.12, channel noise, head block and tail trained "
+        "against a full-size online attacker, 1,600 steps); options you give win. Without it the defaults "
+        "make the older, less private kind (per-element noise, head fixed).",
+    ),
 ) -> None:
     """Learn a noise transform for a model split; resumable, works under torchrun."""
     from veil.device import check_device
@@ -200,6 +260,7 @@ def train(
         from veil.cli.train_generic import GenericOptions, parse_channels, parse_hw, train_generic
 
         given = {"--images": images, "--scenes": scenes, "--labels": labels, "--adapter": adapter}
+        given["--recipe"] = recipe
         for option, value in given.items():
             if value:
                 raise VeilError(f"{option} is for FaceBoxes training; {model} trains on --data IMAGE_DIR")
@@ -207,6 +268,8 @@ def train(
             raise VeilError(f"--task must be distill or classification for {model}, got {task!r}")
         if data is None:
             raise VeilError(f"--data IMAGE_DIR is needed: the images {model} is fitted on (label-free)")
+        if alpha is None:
+            raise VeilError("--alpha is needed: 0 = accuracy only ... towards 1 = hide as much as possible")
         if privacy != "mean" or granularity == "conditional":
             raise VeilError(f"{model}: --privacy mean and --granularity channel or element only in the CLI")
         _check_alpha(alpha)
@@ -248,12 +311,20 @@ def train(
             )
     from veil.training import train as run
 
+    chosen = _recipe(ctx, recipe)
+    if alpha is None and "alpha" not in chosen:
+        raise VeilError(
+            "--alpha is needed (0 = accuracy only ... towards 1 = hide), or --recipe shipped-default"
+        )
+    if chosen:
+        typer.echo(f"recipe {recipe}: " + ", ".join(f"{k}={v}" for k, v in chosen.items()))
     cfg = _config(
         choice.require_faceboxes("train"),
         images,
         scenes,
-        alpha,
+        alpha if alpha is not None else float(chosen["alpha"]),
         granularity or "element",
+        recipe=chosen,
         split=split or "inception3",
         train_tail=train_tail,
         train_head=train_head,
@@ -292,6 +363,11 @@ def train(
         typer.echo(
             f"wrote {out}: mean sigma {metrics['mean_sigma']:.3f}, SNR {metrics['snr_db']:.1f} dB, "
             f"suppressed {100 * metrics['suppressed_fraction']:.1f}%"
+            + (
+                f"; recipe {recipe} (then `veil tune-tail -t {out} --adapter 2` for its tail)"
+                if recipe
+                else ""
+            )
         )
 
 

@@ -35,3 +35,21 @@ def shipped_default_split() -> str | None:
         if record.get("default") is True:
             splits.add(str(record.get("split")))
     return ", ".join(sorted(splits)) or None
+
+
+def shipped_by_name() -> dict[str, Path]:
+    """Every shipped transform directory by its name (``faceboxes-<split>-alpha<A>``: model, split, alpha)."""
+    return {meta.parent.name: meta.parent for meta in sorted(SHIPPED_DIR.glob("*/transform.json"))}
+
+
+def resolve_alpha(alpha: float) -> tuple[Path | None, list[str]]:
+    """``--alpha A``: the default configuration's transform at ``A`` (one per alpha, so never ambiguous),
+    and the names of the other shipped transforms at ``A`` (another split), which only ``--transform NAME``
+    selects."""
+    chosen = next((p for a, p in shipped_transforms().items() if abs(a - alpha) < 1e-9), None)
+    others = []
+    for name, path in shipped_by_name().items():
+        record = json.loads((path / "transform.json").read_text())
+        if abs(float(record["alpha"]) - alpha) < 1e-9 and path != chosen:
+            others.append(name)
+    return chosen, others

@@ -173,7 +173,8 @@ def check_image_files(
     if absent and not present:
         raise DatasetError(
             f"none of the {len(images)} images exist under {where} (e.g. {absent[0].path}); "
-            "check the dataset root, or load annotations only with check_images=False"
+            "check --dataset: the folder the annotations' image paths start from "
+            "(from Python, check_images=False loads the annotations alone)"
         )
     if absent and not skip_missing:
         first = ", ".join(str(img.path) for img in absent[:3])

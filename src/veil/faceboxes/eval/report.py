@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from veil.files import follow_umask
+
 __all__ = ["EvalResult", "fold_mean", "format_tr_results", "write_json_atomic"]
 
 _HEADER = "==================== Results ===================="
@@ -108,6 +110,7 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
+        follow_umask(tmp)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
