@@ -53,7 +53,9 @@ def test_shipped_weights_sample_and_attacker(no_env: Path) -> None:
     other = load_transform(shipped_transforms()[0.5], weights)
     assert assets.attacker_for(release_digest(other)) is None  # never shown on tensors it was not trained for
     size = sum(p.stat().st_size for p in assets.ASSETS_DIR.rglob("*") if p.is_file())
-    assert size < 10_000_000  # a few MB in the wheel
+    # A few MB per task in the wheel: FaceBoxes (4.1 MB weights, 0.2 MB sample, 5.1 MB attacker), the
+    # mask-compliance classifier (6.2 MB), the breast-cancer MLP (26 kB).
+    assert size < 20_000_000
 
 
 def test_damaged_asset_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

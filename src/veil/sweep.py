@@ -60,9 +60,8 @@ def evaluate_transform(
 ) -> SweepRow:
     """One row of the table: AP (mean and std over draws) and the transform's strength.
 
-    ``tiles`` > 1 detects in the full frame and its crops too (:mod:`veil.faceboxes.tiles`); compare with
-a clean
-    row measured with the same ``tiles``.
+    ``tiles`` > 1 detects in the full frame and its crops too (:mod:`veil.faceboxes.tiles`); compare
+    with a clean row measured with the same ``tiles``.
     """
     det = load_pipeline(weights, transform)
     detect = tiled(det.detect, TileGrid(tiles=tiles, overlap=overlap), det.size)

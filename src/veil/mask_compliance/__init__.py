@@ -20,14 +20,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from veil.mask_compliance.shipped import shipped_default_split
+from veil.mask_compliance.shipped import all_transforms, shipped_default_split
 from veil.models.public import ModelEntry
 
 if TYPE_CHECKING:
     from torch import nn
 
 #: The split of the shipped default transform when there is one (see docs/mask-compliance.md).
-DEFAULT_SPLIT = "features.1"
+DEFAULT_SPLIT = "features.11"
 INPUT_SHAPE = (1, 3, 64, 64)
 
 
@@ -59,5 +59,6 @@ ENTRY = ModelEntry(
     split=shipped_default_split() or DEFAULT_SPLIT,
     example=INPUT_SHAPE,
     evaluate=evaluate,
+    transforms=all_transforms,  # what `veil sweep --model mask-compliance` evaluates without --transform
     split_note=_split_note(),
 )

@@ -41,6 +41,15 @@ def resolve_transform(transform: Path | None, alpha: float | None) -> Path | Non
     raise InputError(f"no shipped mask-compliance transform at alpha {alpha:g}: choose one of {have}")
 
 
+def check_server(server: str | None, transform: Path | None) -> None:
+    """A server runs a transform's tail: refuse ``--server`` without a transform in one line."""
+    if server is not None and transform is None:
+        raise InputError(
+            "--server needs --transform or --alpha: the server runs a transform's tail, and the client "
+            "sends only the release (the clean model is never served)"
+        )
+
+
 def predict(fn: Any, x: Tensor, progress: bool = False, desc: str = "") -> np.ndarray:
     """Class indices of uint8 crops ``x`` under ``fn`` (normalised input -> logits), in batches."""
     out = []
@@ -83,11 +92,7 @@ def evaluate_crops(
     **client: Any,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on uint8 crops ``x`` with labels ``y`` (clean, a transform, or a server)."""
-    if server is not None and transform is None:
-        raise InputError(
-            "--server needs --transform or --alpha: the server runs a transform's tail, and the client "
-            "sends only the release (the clean model is never served)"
-        )
+    check_server(server, transform)
     if len(y) == 0:
         raise InputError("no face crops to evaluate (empty part?)")
     labels = y.numpy()
@@ -140,8 +145,9 @@ def evaluate(
         )
     if part not in PARTS:
         raise InputError(f"--part must be one of {', '.join(PARTS)}, got {part!r}")
+    path = resolve_transform(transform, alpha)  # bad --alpha / --server refused before the crops are cut
+    check_server(server, path)
     faces = load_faces(dataset, part)[:max_faces]
     x, y = crops(faces, progress=progress)
-    path = resolve_transform(transform, alpha)
     out = evaluate_crops(model, x, y, transform=path, server=server, draws=draws, progress=progress, **client)
     return {"faces": len(faces), "part": part, **out, "classes": list(CLASSES)}
