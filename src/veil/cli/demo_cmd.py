@@ -11,9 +11,47 @@ from pathlib import Path
 import typer
 
 from veil.cli.common import ModelOpt
+from veil.errors import VeilError
+
+
+def _mask_demo(
+    dataset: Path | None,
+    transforms: list[Path],
+    out: Path,
+    threads: int | None,
+    max_images: int,
+    weights: Path | None,
+) -> None:
+    """``--task mask-compliance``: the whole confidential pipeline (veil.demo_mask)."""
+    from veil.cli.checks import check_writable
+    from veil.cli.common import set_threads
+    from veil.demo_mask import default_dataset, format_table, run_mask_demo
+
+    if weights is not None or len(transforms) > 2:
+        raise VeilError(
+            "--task mask-compliance uses the shipped FaceBoxes weights; --transform takes at most two "
+            "directories (a FaceBoxes transform, then a mask-compliance one)"
+        )
+    root = dataset or default_dataset()
+    if not (root / "annotations").is_dir():
+        raise VeilError(f"{root}: no mask-scenes data (annotations/) there: pass --dataset MASK_SCENES_ROOT")
+    check_writable(out, "--out")
+    set_threads(threads)
+    fb = transforms[0] if transforms else None
+    mask = transforms[1] if len(transforms) > 1 else None
+    results = run_mask_demo(root, out, max_images=max_images, faceboxes_transform=fb, mask_transform=mask)
+    typer.echo("\n" + format_table(results))
+    typer.echo(f"\npictures (clean | private: boxes coloured by class | what left the machine) -> {out}/")
 
 
 def demo(
+    task: str = typer.Option(
+        "faceboxes",
+        "--task",
+        help="faceboxes: the FDDB sample clean vs each shipped transform. mask-compliance: street photos "
+        "through FaceBoxes' private release, then each face crop's private release to the mask classifier "
+        "(both tails on one Triton).",
+    ),
     model: str = ModelOpt,
     weights: Path | None = typer.Option(
         None,
@@ -26,7 +64,8 @@ def demo(
         "--dataset",
         "-d",
         help="FDDB or WIDER FACE folder. Default: $VEIL_DATASET, else the shipped "
-        "FDDB sample (7 images, 11 faces).",
+        "FDDB sample (7 images, 11 faces). --task mask-compliance: the mask-scenes root "
+        "(default $VEIL_SHARED/data/mask-scenes, else ../shared/data/mask-scenes).",
     ),
     transform: list[Path] = typer.Option(
         [],
@@ -39,8 +78,15 @@ def demo(
     draws: int = typer.Option(2, min=1, help="Noise draws per transform (AP is their mean)."),
     threads: int | None = typer.Option(2, min=1, help="CPU threads for PyTorch."),
     quiet: bool = typer.Option(False, help="No progress bars."),
+    max_images: int = typer.Option(4, min=1, help="--task mask-compliance: photos of the test half shown."),
 ) -> None:
     """Start Triton, send the FDDB sample clean and obfuscated, print the table, write pictures, stop."""
+    chosen = task.strip().lower()
+    if chosen not in ("faceboxes", "mask-compliance"):
+        raise VeilError(f"--task must be faceboxes or mask-compliance, got {task!r}")
+    if chosen == "mask-compliance":
+        _mask_demo(dataset, transform, out, threads, max_images, weights)
+        return
     from veil.assets import choose, default_weights, sample_dataset
     from veil.cli.checks import check_writable
     from veil.cli.common import resolve_model_option, resolve_transform, set_threads

@@ -27,7 +27,7 @@ def run_server(
     model_repository: Path | None = None,
     weights: Path | None = None,
     tail_state_dict: Mapping[str, torch.Tensor] | None = None,
-    transform: Path | None = None,
+    transform: Path | list[Path] | None = None,
     host: str = "127.0.0.1",
     http_port: int = 8000,
     grpc_port: int = 8001,
@@ -48,8 +48,15 @@ def run_server(
     http_guard: bool = True,
     grpc_guard: bool = True,
 ) -> None:
-    """The command's body: serve until SIGINT/SIGTERM. ``tail_state_dict`` = the noise-trained tail."""
+    """The command's body: serve until SIGINT/SIGTERM. ``tail_state_dict`` = the noise-trained tail;
+    several ``transform`` directories (protected models' only) are served side by side."""
     from veil.serve.server import ServerConfig, VeilServer
+
+    several: list[Path] = []
+    if isinstance(transform, list):
+        several, transform = (
+            (transform, None) if len(transform) > 1 else ([], transform[0] if transform else None)
+        )
 
     if model_repository is not None and (weights is not None or tail_state_dict is not None or transform):
         raise VeilError("give either --model-repository or --weights (with its transform), not both")
@@ -73,7 +80,20 @@ def run_server(
         http_guard=http_guard,
         grpc_guard=grpc_guard,
     )
-    if model_repository is not None:
+    if several:
+        if model_repository is not None or weights is not None or tail_state_dict is not None:
+            raise VeilError(
+                "several --transform: each carries its tail (tail.pt): drop --weights/--model-repository"
+            )
+        for t in several:
+            if not _generic(t):
+                raise VeilError(
+                    f"{t}: a FaceBoxes transform (no tail.pt) is served alone with --weights; to serve "
+                    "it beside others, save it on the generic path (veil.faceboxes.generic.from_transform)"
+                )
+        server = VeilServer.from_transform(several, config, device=device)
+        source = "the protected tails of " + ", ".join(map(str, several)) + " (their noisy models only)"
+    elif model_repository is not None:
         server = VeilServer.from_repository(model_repository, config, device=device)
         source = f"TorchScript tails from {model_repository}"
     elif transform is not None and _generic(transform):
@@ -137,12 +157,12 @@ def serve(
     weights: Path | None = typer.Option(
         None, "--weights", "-w", help="Serve tails built from this checkpoint; default: $VEIL_WEIGHTS."
     ),
-    transform: Path | None = typer.Option(
-        None,
+    transform: list[Path] = typer.Option(
+        [],
         "--transform",
         "-t",
         help="Transform directory: face_detection_noisy runs its tail; one made by veil.protect is "
-        "served alone (its tail.pt, no --weights).",
+        "served by its tail.pt (no --weights). Repeatable for veil.protect ones: one server, one model each.",
     ),
     host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 exposes the server)."),
     http_port: int = typer.Option(8000, min=1, max=65535, help="HTTP port."),
@@ -204,8 +224,11 @@ def serve(
     """Start Triton serving face_detection_base and face_detection_noisy (or a protected model's tail)."""
     check_writable(triton_log, "--triton-log", folder=False)
     check_writable(record, "--record")
-    if model_repository is None:
-        weights = tail_source(model, weights, transform, "serve")
+    if len(transform) > 1:  # each carries its tail; each is checked against --model when one is named
+        for t in transform:
+            tail_source(model, weights, t, "serve")
+    elif model_repository is None:
+        weights = tail_source(model, weights, transform[0] if transform else None, "serve")
     elif model.strip().lower() != "faceboxes":
         raise VeilError(
             "--model builds tails from --weights or checks --transform: not with --model-repository"

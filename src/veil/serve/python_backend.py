@@ -64,14 +64,17 @@ def write_served_repository(
     max_queue_delay_us: int = 2000,
     parameters: Mapping[str, str] | None = None,
     spec: ServedSpec = FACEBOXES,
+    specs: Mapping[str, ServedSpec] | None = None,
 ) -> None:
     """A Python-backend repository of tails prepared for serving (``{name: ScoresTail or TorchScript}``),
-    written atomically; eager modules are traced on their own device."""
+    written atomically; eager modules are traced on their own device. ``specs``: a model's own wire spec
+    where it differs from ``spec``."""
     files: dict[str, bytes] = {}
     for name, module in served.items():
+        own = (specs or {}).get(name, spec)
         if not isinstance(module, torch.jit.ScriptModule):
             device = next(module.parameters()).device
-            module = _trace(module, torch.zeros(spec.example_shape(1), device=device))
+            module = _trace(module, torch.zeros(own.example_shape(1), device=device))
         buf = io.BytesIO()
         with _quiet_jit():
             torch.jit.save(module, buf)
@@ -85,7 +88,7 @@ def write_served_repository(
             backend="python",
             max_queue_delay_us=max_queue_delay_us,
             parameters=parameters,
-            spec=spec,
+            spec=own,
         )
         files[f"{name}/config.pbtxt"] = config.encode()
     _write_tree_atomically(Path(out), files)

@@ -33,7 +33,7 @@ import secrets
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,12 +135,15 @@ class VeilServer:
         device: str | torch.device = "cpu",
         on_request: RequestHook | None = None,
         spec: ServedSpec = FACEBOXES,
+        specs: Mapping[str, ServedSpec] | None = None,
     ) -> None:
         if not tails:
             raise ServingError("nothing to serve: no tails given")
         self.config = config or ServerConfig()
         self.device, self.spec = torch.device(device), spec
-        if spec is not FACEBOXES and self.config.engine != "python":
+        #: each model's own wire spec (``specs`` where given, else ``spec``): Triton's config per model
+        self.specs = {name: (specs or {}).get(name, spec) for name in tails}
+        if any(s is not FACEBOXES for s in self.specs.values()) and self.config.engine != "python":
             raise ServingError("a protected model's tail is served by the python engine only")
         served: dict[int, nn.Module] = {}  # one frozen copy per distinct module (base may be noisy)
         for tail in tails.values():
@@ -201,16 +204,32 @@ class VeilServer:
 
     @classmethod
     def from_transform(
-        cls, path: str | Path, config: ServerConfig | None = None, *, device: str = "cpu", **kwargs: Any
+        cls,
+        path: str | Path | Sequence[str | Path],
+        config: ServerConfig | None = None,
+        *,
+        device: str = "cpu",
+        **kwargs: Any,
     ) -> VeilServer:
         """Serve a protected model's tail (``tail.pt`` of a :func:`veil.protect` transform directory).
 
         Only its noisy model (the transform's ``triton.noisy`` name) is served: see :mod:`veil.serve.generic`.
+        Several directories (a list) are served side by side by one Triton, each under its own name with
+        its own wire spec (two transforms naming the same model are refused in one line).
         """
         from veil.serve.generic import load_served_tail
 
-        spec, tail, _ = load_served_tail(path, device)
-        return cls({spec.noisy: tail}, config, device=device, spec=spec, **kwargs)
+        paths = [path] if isinstance(path, str | Path) else list(path)
+        tails: dict[str, nn.Module] = {}
+        specs: dict[str, ServedSpec] = {}
+        for p in paths:
+            spec, tail, _ = load_served_tail(p, device)
+            if spec.noisy in tails:
+                raise ServingError(f"{p}: another transform given is also served as {spec.noisy}: give one")
+            tails[spec.noisy], specs[spec.noisy] = tail, spec
+        if not tails:
+            raise ServingError("nothing to serve: no transform directories given")
+        return cls(tails, config, device=device, spec=next(iter(specs.values())), specs=specs, **kwargs)
 
     @property
     def endpoints(self) -> Endpoints:
@@ -249,7 +268,7 @@ class VeilServer:
                 http = unix_address(sockets / "http") if c.http_guard else (c.host, c.http_port)
                 grpc = unix_address(sockets / "grpc") if c.grpc_guard else (c.host, c.grpc_port)
                 self._triton = self._start_python_engine(self._workspace, http, grpc)
-            body = self.spec.max_body_bytes(c.max_batch_size)
+            body = max(spec.max_body_bytes(c.max_batch_size) for spec in self.specs.values())
             if c.http_guard:
                 from veil.serve.guard import HttpGuard
 
@@ -314,6 +333,7 @@ class VeilServer:
             max_queue_delay_us=c.max_queue_delay_us,
             parameters=params,
             spec=self.spec,
+            specs=self.specs,
         )
         guarded = c.http_guard and c.grpc_guard  # the guards check the token: keep it off argv
         process = TritonProcess(
