@@ -73,9 +73,17 @@ def test_wheel_runs_the_demo_in_a_fresh_venv_without_shared(tmp_path: Path) -> N
         "veil/assets/NOTICE.md",
         "veil/assets/attackers/faceboxes-inception3-alpha0.12.safetensors",
         "veil/assets/fddb-sample/FDDB-folds/FDDB-fold-06-ellipseList.txt",
-        "veil/transforms/faceboxes-inception3-alpha0.12/transform.safetensors",
+        "veil/faceboxes/transforms/faceboxes-inception3-alpha0.12/transform.safetensors",
+        "veil/assets/mask-compliance/mobilenet_v3_small-64.safetensors",
+        "veil/mask_compliance/transforms/mask-compliance-features.11-alpha0.2/tail.pt",
+        "veil/tabular/transforms/breast-cancer-act1-alpha0.6/tail.pt",
     ):
         assert shipped in names, f"{shipped} is not in the wheel"
+    assert not [n for n in names if n.endswith(".csv")]  # training logs stay in the repository
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    declared = zipfile.ZipFile(wheel).read(entry_points).decode()
+    for task in ("faceboxes", "mask-compliance", "breast-cancer-mlp"):  # veil's tasks register by entry point
+        assert f"{task} = veil." in declared, declared
     assert sum(n.endswith(".jpg") and "fddb-sample" in n for n in names) == SAMPLE_IMAGES
 
     venv = tmp_path / "venv"

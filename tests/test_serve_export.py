@@ -180,7 +180,10 @@ def test_cli_export_triton(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(ex, "build_tails", lambda weights, tail_state_dict=None: (FakeTail(), FakeTail(0.5)))
     out = tmp_path / "mr"
-    result = CliRunner().invoke(app, ["export", "triton", "--weights", "w.pth", "--out", str(out), "--gpu"])
+    weights = tmp_path / "w.pth"  # read for finiteness by --model/--weights; the tails come from the stub
+    torch.save({"w": torch.zeros(1)}, weights)
+    args = ["export", "triton", "--weights", str(weights), "--out", str(out), "--gpu"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "KIND_GPU" in result.output and "face_detection_noisy carries the base weights" in result.output
     cfg = ex.parse_model_config(out / NOISY_MODEL / "config.pbtxt")
