@@ -8,7 +8,8 @@
    ``(head + noise) / clean classifier``. Interleaving keeps a shared machine's load from favouring one.
 2. The round trip of a batch of crops through a real Triton on 127.0.0.1 (``VeilServer.from_transform``
    with the shipped default transform, gRPC and HTTP): ``client.infer`` = head + noise here, the wire,
-   the tail there; median over ``trips`` calls, with the local release time of the same batch beside it.
+   the tail there; median over ``trips`` calls, with the local release time of the same batch beside it
+   (the client keeps one thread: Triton's two CPU instances share the machine with it).
 """
 
 from __future__ import annotations
@@ -116,7 +117,6 @@ def main() -> None:
             f"| {batch} | {med['clean']:.2f} | {med['head']:.2f} | {med['release']:.2f} | "
             f"{med['protected']:.2f} | {med['share']:.0%} |"
         )
-    torch.set_num_threads(2)
     trips = round_trips(path, q, x_all, batches, args.trips)
     print(f"\nround trip through Triton on 127.0.0.1 (client.infer, median of {args.trips})")
     print("| protocol | crops | round trip (ms) | of which the release here (ms) |")
