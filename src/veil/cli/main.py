@@ -20,6 +20,7 @@ from veil.cli import (
     export_cmd,
     k8s_cmd,
     serve_cmd,
+    sweep_cmd,
     train_cmd,
     tune_cmd,
 )
@@ -37,7 +38,7 @@ app.command("demo")(demo_cmd.demo)
 app.command("detect")(detect_cmd.detect)
 app.command("audit")(audit_cmd.audit)
 app.command("train")(train_cmd.train)
-app.command("sweep")(train_cmd.sweep)
+app.command("sweep")(sweep_cmd.sweep)
 app.command("tune-tail")(tune_cmd.tune_tail)
 app.add_typer(eval_cmd.app, name="eval")
 app.command("serve")(serve_cmd.serve)
