@@ -44,13 +44,31 @@ def _mask_demo(
     typer.echo(f"\npictures (clean | private: boxes coloured by class | what left the machine) -> {out}/")
 
 
+def _tabular_demo(transforms: list[Path], out: Path, threads: int | None, weights: Path | None) -> None:
+    """``--task breast-cancer-mlp``: the test rows' releases through Triton (veil.demo_tabular)."""
+    from veil.cli.checks import check_writable
+    from veil.cli.common import set_threads
+    from veil.demo_tabular import report, run_tabular_demo
+
+    if weights is not None or len(transforms) > 1:
+        raise VeilError(
+            "--task breast-cancer-mlp uses the shipped breast-cancer weights; --transform takes at most one "
+            "directory (a breast-cancer transform)"
+        )
+    check_writable(out, "--out")
+    set_threads(threads)
+    result = run_tabular_demo(out, transform=transforms[0] if transforms else None)
+    typer.echo("\n" + report(result))
+    typer.echo(f"\npicture (recall clean vs private | what left the machine) -> {result.picture}")
+
+
 def demo(
     task: str = typer.Option(
         "faceboxes",
         "--task",
         help="faceboxes: the FDDB sample clean vs each shipped transform. mask-compliance: street photos "
         "through FaceBoxes' private release, then each face crop's private release to the mask classifier "
-        "(both tails on one Triton).",
+        "(both tails on one Triton). breast-cancer-mlp: the tabular test rows' releases through Triton.",
     ),
     model: str = ModelOpt,
     weights: Path | None = typer.Option(
@@ -82,8 +100,11 @@ def demo(
 ) -> None:
     """Start Triton, send the FDDB sample clean and obfuscated, print the table, write pictures, stop."""
     chosen = task.strip().lower()
-    if chosen not in ("faceboxes", "mask-compliance"):
-        raise VeilError(f"--task must be faceboxes or mask-compliance, got {task!r}")
+    if chosen not in ("faceboxes", "mask-compliance", "breast-cancer-mlp"):
+        raise VeilError(f"--task must be faceboxes, mask-compliance or breast-cancer-mlp, got {task!r}")
+    if chosen == "breast-cancer-mlp":
+        _tabular_demo(transform, out, threads, weights)
+        return
     if chosen == "mask-compliance":
         _mask_demo(dataset, transform, out, threads, max_images, weights)
         return
