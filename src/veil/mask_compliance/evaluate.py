@@ -27,18 +27,11 @@ BATCH = 128
 
 def resolve_transform(transform: Path | None, alpha: float | None) -> Path | None:
     """``--transform`` as given, ``--alpha`` as the shipped transform at that alpha, else None (clean)."""
-    from veil.mask_compliance.shipped import shipped_transforms
+    from veil.mask_compliance.shipped import transform_for
 
     if transform is not None and alpha is not None:
         raise InputError("give --transform or --alpha (a shipped transform), not both")
-    if alpha is None:
-        return transform
-    shipped = shipped_transforms()
-    for a, path in shipped.items():
-        if abs(a - float(alpha)) < 1e-9:
-            return path
-    have = ", ".join(f"{a:g}" for a in sorted(shipped)) or "none"
-    raise InputError(f"no shipped mask-compliance transform at alpha {alpha:g}: choose one of {have}")
+    return transform if alpha is None else transform_for(alpha)
 
 
 def check_server(server: str | None, transform: Path | None) -> None:
