@@ -45,6 +45,13 @@ def evaluate(model: nn.Module, **kwargs: Any) -> dict[str, Any]:
     return run(model, **kwargs)
 
 
+def peers() -> Any:
+    """``veil audit --peers``: balanced accuracy on the test crops, train crops to fit peers on."""
+    from veil.mask_compliance.peers import peers as make
+
+    return make()
+
+
 def _split_note() -> str:
     shipped = shipped_default_split()
     return f"default {shipped}, from the shipped default transform" if shipped else "no transform"
@@ -61,4 +68,5 @@ ENTRY = ModelEntry(
     evaluate=evaluate,
     transforms=all_transforms,  # what `veil sweep --model mask-compliance` evaluates without --transform
     split_note=_split_note(),
+    peers=peers,  # `veil audit --peers`: the task's metric and training crops
 )

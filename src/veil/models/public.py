@@ -83,6 +83,12 @@ class ModelEntry:
     #: (N, D) array the attacker trains on, "eval": {name: (M, D) array never trained on}, "features":
     #: [D column names]}``. None: the audit needs ``--aux``/``--eval`` files.
     audit_data: Callable[[], dict[str, Any]] | None = None
+    #: The task's side of ``veil audit --peers`` (peer defences on the same split, data and attacks):
+    #: ``peers() -> PeerTask`` (:class:`veil.audit.peers.PeerTask`: ``score(module) -> float``, the
+    #: task's metric of a module mapping model inputs to outputs; ``batches``, unlabeled model inputs
+    #: to train peers on; ``normalisation``; ``to_input(images, size)``; optional ``load(path)``).
+    #: None: the model has no peers hook.
+    peers: Callable[[], Any] | None = None
 
     def example_input(self) -> Any:
         """The example batch as a Tensor (``None`` when the model declares none)."""
@@ -230,6 +236,7 @@ _ENTRY_FIELDS = (
     "evaluate",
     "transforms",
     "audit_data",
+    "peers",
 )
 
 
