@@ -14,27 +14,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from veil.artifact import Transform, load_transform, release_digest
-from veil.audit.attack import (
-    AttackConfig,
-    Attacker,
-    ImageSet,
-    NoiseSpec,
-    adapt_attacker,
-    decode,
-    head_activations,
-    train_attacker,
-)
+from veil.audit.attack import AttackConfig, ImageSet, NoiseSpec, head_activations
 from veil.audit.decoder import ARCHITECTURE
-from veil.audit.linkage import LinkageConfig, linkage_auc, train_verifier
-from veil.audit.measure import SHOW, measure, released, set_name, slug, summary
+from veil.audit.linkage import LinkageConfig
+from veil.audit.loop import Extras, Probe, attack_target, extras_config
+from veil.audit.measure import SHOW, set_name, summary
 from veil.audit.measure import floor as mean_floor
 from veil.audit.report import AuditResult, TargetResult, write_report
-from veil.audit.store import save_attacker
 from veil.errors import InputError
 from veil.faceboxes.pipeline import transform_head
 from veil.faceboxes.registry import create_model, split_model
@@ -80,6 +70,14 @@ def _audit_size(tr: Transform, size: int | None) -> int:
     return size
 
 
+def input_spec(size: int) -> dict[str, Any]:
+    """FaceBoxes' input as an input spec (BGR, minus the 0-255 mean), for the white-box attacks."""
+    from veil.faceboxes.registry import get_spec
+
+    mean = [float(v) for v in get_spec("faceboxes").mean_bgr]
+    return {"shape": [3, size, size], "dtype": "float32", "normalisation": {"mean": mean, "channels": "BGR"}}
+
+
 def _sweep_rows(sweep: Path | None) -> list[dict[str, Any]]:
     if sweep is None:
         return []
@@ -117,6 +115,7 @@ def run_audit(
     model_name: str = "faceboxes",
     max_eval: int | None = None,
     progress: bool = True,
+    extras: Extras | None = None,
 ) -> AuditResult:
     """Attack clean activations and every transform; write report.md, metrics.json and the figures."""
     cfg = cfg or AttackConfig()
@@ -178,21 +177,10 @@ def run_audit(
     if primary is not None:
         recon_rows.append(("original", sets[primary].targets[:SHOW]))
     (out / "attackers").mkdir(parents=True, exist_ok=True)
+    pictures: dict[str, list[tuple[str, Tensor]]] = {}
     for target in tqdm(targets, desc="audit", disable=not progress):
         a = acts(target, "aux")
         spec = NoiseSpec.of(target.noise.noise, a.shape[1:]) if target.noise else None
-        attacker = train_attacker(
-            a, aux_set.targets, aux_set.paths, spec, cfg, f"attack {target.name}", progress
-        )
-        attackers: dict[int, list[Attacker]] = {1: [attacker]}
-        adapt_curves = {}
-        if spec is not None and cfg.adapt_steps > 0:
-            for k in (k for k in cfg.ks if k > 1):
-                adapted = adapt_attacker(attacker, k, a, aux_set.targets, aux_set.paths, cfg, progress)
-                attackers[k] = [adapted]
-                adapt_curves[str(k)] = adapted.curve
-        save_attacker(attacker, out / "attackers" / f"{slug(target.name)}.safetensors")
-        verifier = train_verifier(a, aux_set.paths, spec, link_cfg, f"verifier {target.name}", progress)
         res = TargetResult(
             name=target.name,
             kind="transform" if target.noise else "clean",
@@ -213,42 +201,46 @@ def run_audit(
                     f"{target.name}: per-channel transform trained at {own}² audited at {target.size}² "
                     "(cheaper proxy; audit at its own size for the release numbers)."
                 )
-        for name, image_set in sets.items():
-            e = acts(target, name)
-            res.sets[name] = measure(attackers, e, image_set, spec, cfg)
-            link = linkage_auc(verifier, e, image_set.paths, spec, seed=cfg.seed + 11)
-            if link is not None:
-                res.linkage[name] = link
-        res.training = {
-            "curve": attacker.curve,
-            "best_step": attacker.best_step,
-            "best_val_ssim": attacker.best_val_ssim,
-            "plateau_gain": attacker.plateau_gain,
-            "converged": attacker.converged,
-            "adapt_curves": adapt_curves,
-        }
-        if not attacker.converged:
-            notes.append(
-                f"{target.name}: the attacker's validation SSIM still rose by "
-                f"{attacker.plateau_gain:.3f} in the last quarter of training; raise --steps."
-            )
-        if primary is not None:
-            e = acts(target, primary)[:SHOW]
-            recon = decode(attacker.decoder, released(e, spec, cfg.seed + 101))
+        probe = None
+        if extras is not None and extras.whitebox_attacks:
+            from veil.audit.whitebox import input_map
+
+            probe = Probe(heads[target.head_key], input_map(input_spec(target.size), (target.size,) * 2))
+        done = attack_target(
+            res,
+            a,
+            lambda which, t=target: acts(t, which),  # type: ignore[misc]
+            spec,
+            aux_set,
+            sets,
+            cfg,
+            link_cfg,
+            out,
+            extras=extras,
+            probe=probe,
+            progress=progress,
+        )
+        notes += done.notes
+        pictures[res.name] = done.recon
+        if done.overview is not None:
             label = target.name if target.noise is None else f"{target.name} (α={res.alpha:g})"
-            recon_rows.append((label, (recon * 255).round().to(torch.uint8)))
+            recon_rows.append((label, done.overview))
         results.append(res)
         if progress:
             tqdm.write(summary(res, primary))
-    config = asdict(cfg) | {
-        "architecture": ARCHITECTURE,
-        "aux": str(aux),
-        "aux_images": len(aux_paths),
-        "linkage_steps": link_cfg.steps,
-        "model": model_name,
-        "weights": str(weights),
-        "sweep": str(sweep) if sweep else None,
-    }
+    config = (
+        asdict(cfg)
+        | {
+            "architecture": ARCHITECTURE,
+            "aux": str(aux),
+            "aux_images": len(aux_paths),
+            "linkage_steps": link_cfg.steps,
+            "model": model_name,
+            "weights": str(weights),
+            "sweep": str(sweep) if sweep else None,
+        }
+        | extras_config(extras)
+    )
     result = AuditResult(config=config, floor=floor, targets=results, eval_sets=list(sets), notes=notes)
-    write_report(result, out, recon_rows)
+    write_report(result, out, recon_rows, pictures)
     return result

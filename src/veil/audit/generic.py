@@ -19,27 +19,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from veil.artifact import release_digest
-from veil.audit.attack import (
-    AttackConfig,
-    Attacker,
-    ImageSet,
-    NoiseSpec,
-    adapt_attacker,
-    decode,
-    train_attacker,
-)
+from veil.audit.attack import AttackConfig, ImageSet, NoiseSpec
 from veil.audit.decoder import ARCHITECTURE, plan
 from veil.audit.inputs import activations, image_spec, load_protected, read_transform
-from veil.audit.linkage import LinkageConfig, linkage_auc, train_verifier
-from veil.audit.measure import SHOW, measure, released, set_name, slug, summary
+from veil.audit.linkage import LinkageConfig
+from veil.audit.loop import Extras, Probe, attack_target, extras_config
+from veil.audit.measure import SHOW, set_name, summary
 from veil.audit.measure import floor as mean_floor
 from veil.audit.report import AuditResult, TargetResult, write_report
-from veil.audit.store import save_attacker
 from veil.errors import InputError
 from veil.imageio import list_images
 
@@ -151,6 +142,7 @@ def run_generic_audit(
     weights: str | Path | None = None,
     max_eval: int | None = None,
     progress: bool = True,
+    extras: Extras | None = None,
 ) -> AuditResult:
     """Attack clean activations and every loaded transform ``(path, veil.load(path, model))``.
 
@@ -194,22 +186,11 @@ def run_generic_audit(
         recon_rows.append(("original", sets[primary].targets[:SHOW]))
     (out / "attackers").mkdir(parents=True, exist_ok=True)
     linkage_done = False
+    pictures: dict[str, list[tuple[str, Tensor]]] = {}
     for target in tqdm(targets, desc="audit", disable=not progress):
         a = acts(target, "aux")
         p = target.protected
         spec = NoiseSpec.of(p.noise, a.shape[1:]) if p is not None else None
-        attacker = train_attacker(
-            a, aux_set.targets, aux_set.paths, spec, cfg, f"attack {target.name}", progress
-        )
-        attackers: dict[int, list[Attacker]] = {1: [attacker]}
-        adapt_curves = {}
-        if spec is not None and cfg.adapt_steps > 0:
-            for k in (k for k in cfg.ks if k > 1):
-                adapted = adapt_attacker(attacker, k, a, aux_set.targets, aux_set.paths, cfg, progress)
-                attackers[k] = [adapted]
-                adapt_curves[str(k)] = adapted.curve
-        save_attacker(attacker, out / "attackers" / f"{slug(target.name)}.safetensors")
-        verifier = train_verifier(a, aux_set.paths, spec, link_cfg, f"verifier {target.name}", progress)
         res = TargetResult(
             name=target.name,
             kind="transform" if p is not None else "clean",
@@ -222,30 +203,31 @@ def run_generic_audit(
             res.alpha, res.granularity = float(p.alpha), p.noise.granularity
             res.transform, res.mean_sigma = str(target.path), float(p.noise.mean_sigma())
             res.release_sha256 = release_digest(tr)
-        for name, image_set in sets.items():
-            e = acts(target, name)
-            res.sets[name] = measure(attackers, e, image_set, spec, cfg)
-            link = linkage_auc(verifier, e, image_set.paths, spec, seed=cfg.seed + 11)
-            if link is not None:
-                res.linkage[name] = link
-                linkage_done = True
-        res.training = {
-            "curve": attacker.curve,
-            "best_step": attacker.best_step,
-            "best_val_ssim": attacker.best_val_ssim,
-            "plateau_gain": attacker.plateau_gain,
-            "converged": attacker.converged,
-            "adapt_curves": adapt_curves,
-        }
-        if not attacker.converged:
-            notes.append(
-                f"{target.name}: the attacker's validation SSIM still rose by "
-                f"{attacker.plateau_gain:.3f} in the last quarter of training; raise --steps."
-            )
-        if primary is not None:
-            recon = decode(attacker.decoder, released(acts(target, primary)[:SHOW], spec, cfg.seed + 101))
+        probe = None
+        if extras is not None and extras.whitebox_attacks:
+            from veil.audit.whitebox import input_map
+
+            probe = Probe(target.head, input_map(target.spec, target.size))
+        done = attack_target(
+            res,
+            a,
+            lambda which, t=target: acts(t, which),  # type: ignore[misc]
+            spec,
+            aux_set,
+            sets,
+            cfg,
+            link_cfg,
+            out,
+            extras=extras,
+            probe=probe,
+            progress=progress,
+        )
+        linkage_done |= done.linked
+        notes += done.notes
+        pictures[res.name] = done.recon
+        if done.overview is not None:
             label = target.name if p is None else f"{target.name} (α={res.alpha:g})"
-            recon_rows.append((label, (recon * 255).round().to(torch.uint8)))
+            recon_rows.append((label, done.overview))
         results.append(res)
         if progress:
             tqdm.write(summary(res, primary))
@@ -254,17 +236,21 @@ def run_generic_audit(
             "Linkage: not applicable here, no auxiliary or evaluation image names carry an identity "
             "(LFW-style Person_Name_0001.jpg); the verifier works on any (C, h, w) wire when they do."
         )
-    config = asdict(cfg) | {
-        "architecture": ARCHITECTURE,
-        "aux": str(aux),
-        "aux_images": len(aux_paths),
-        "linkage_steps": link_cfg.steps,
-        "model": model_spec,
-        "weights": str(weights) if weights else None,
-        "sweep": None,
-        "kind": "generic",
-        "transforms": [str(path) for path, _ in loaded],
-    }
+    config = (
+        asdict(cfg)
+        | {
+            "architecture": ARCHITECTURE,
+            "aux": str(aux),
+            "aux_images": len(aux_paths),
+            "linkage_steps": link_cfg.steps,
+            "model": model_spec,
+            "weights": str(weights) if weights else None,
+            "sweep": None,
+            "kind": "generic",
+            "transforms": [str(path) for path, _ in loaded],
+        }
+        | extras_config(extras)
+    )
     result = AuditResult(config=config, floor=floor, targets=results, eval_sets=list(sets), notes=notes)
-    write_report(result, out, recon_rows)
+    write_report(result, out, recon_rows, pictures)
     return result

@@ -7,15 +7,17 @@ transform (:mod:`veil.audit.generic`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from veil.audit.attack import AttackConfig, Attacker, ImageSet, NoiseSpec, score
 from veil.audit.metrics import batched_dcor, psnr, ssim, to_unit
-from veil.audit.report import TargetResult
 from veil.noise import snr_db
+
+if TYPE_CHECKING:
+    from veil.audit.report import TargetResult
 
 SHOW = 8  # images per row in reconstructions.png
 

@@ -16,6 +16,9 @@ from torch import Tensor
 
 from veil.errors import InputError
 
+GOAL_CLEAN_SSIM = 0.65  # the audit's attacker must be at least this strong on clean RDCL activations
+GOAL_MARGIN = 0.03  # "no information beyond the average face": attacker SSIM <= floor + this
+
 
 def _gaussian_window(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> Tensor:
     coords = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2.0

@@ -6,7 +6,6 @@ is not extra privacy, only a weaker attacker.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -15,7 +14,14 @@ from typing import Any
 
 from torch import Tensor
 
+from veil.audit.figures import plot_curves, plot_reconstructions, plot_tradeoff
+from veil.audit.metrics import GOAL_CLEAN_SSIM, GOAL_MARGIN
+from veil.audit.pages import page_name, peers_section
 from veil.imageio import atomic_write_bytes
+
+#: metrics.json's schema (``schema`` key); the JSON Schema is ``veil/audit/metrics.schema.json``. Keys are
+#: only ever added within a version; a renamed or removed key bumps it.
+SCHEMA = "veil-audit/2"
 
 THREAT_MODEL = (
     "The server (or anyone on the wire) sees every released tensor. The attacker knows the head's weights "
@@ -25,8 +31,6 @@ THREAT_MODEL = (
     "activation decoder is the baseline), may average K requests of the same image (video frames), and may "
     "try to link requests showing the same person."
 )
-GOAL_CLEAN_SSIM = 0.65  # the audit's attacker must be at least this strong on clean RDCL activations
-GOAL_MARGIN = 0.03  # "no information beyond the average face": attacker SSIM <= floor + this
 
 
 @dataclass
@@ -63,6 +67,9 @@ class AuditResult:
     targets: list[TargetResult]
     eval_sets: list[str]
     notes: list[str] = field(default_factory=list)
+    #: The peer defences' frontier (``veil audit --peers``): rows, verdicts, the PNG's name; None: not run.
+    peers: dict[str, Any] | None = None
+    schema: str = SCHEMA
 
 
 def _f(v: float | None, digits: int = 3) -> str:
@@ -163,6 +170,9 @@ def markdown(result: AuditResult) -> str:
         )
     lines += _generic_section(result)
     lines += ["", "## Goals", "", *_goals(result)]
+    lines += ["", "## One page per target", ""]
+    lines += [f"- [{t.name}]({page_name(t)})" for t in result.targets]
+    lines += peers_section(result.peers)
     released = [t for t in result.targets if t.kind == "transform" and t.release_sha256]
     if released:
         lines += [
@@ -248,137 +258,17 @@ def _goals(result: AuditResult) -> list[str]:
     return out or ["No targets."]
 
 
-def _png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_reconstructions(rows: list[tuple[str, Tensor]], path: Path) -> None:
-    """One row per (label, uint8 [N, 3, H, W]) — original, clean reconstruction(s), one per transform."""
-    from torchvision.utils import make_grid
-
-    plt = _pyplot()
-    fig, axes = plt.subplots(len(rows), 1, figsize=(12, 1.7 * len(rows) + 0.3), dpi=100, squeeze=False)
-    for ax, (label, images) in zip(axes[:, 0], rows, strict=True):
-        grid = make_grid(images, nrow=images.shape[0], padding=2, pad_value=255)
-        ax.imshow(grid.permute(1, 2, 0).numpy())
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-    fig.tight_layout()
-    atomic_write_bytes(path, _png(fig))
-
-
-def plot_tradeoff(result: AuditResult, path: Path) -> None:
-    """AP retained (or α without a sweep) against attacker SSIM, one point per α; floor as a line."""
-    plt = _pyplot()
-    primary = result.eval_sets[0]
-    floor = result.floor[primary]["ssim"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=120)
-    noisy = [t for t in result.targets if t.kind == "transform" and primary in t.sets]
-    have_ap = any(t.ap_retained is not None for t in noisy)
-    tracks: dict[str, list[tuple[float, float]]] = {}
-
-    def y_of(t: TargetResult) -> float | None:  # AP retained when the sweep gave it, else alpha
-        if have_ap:
-            return None if t.ap_retained is None else 100 * t.ap_retained
-        return t.alpha
-
-    for i, (k, marker) in enumerate(zip(_ks(result), ("o", "s", "^", "D"), strict=False)):
-        pts: list[tuple[float, float, TargetResult]] = []
-        for t in noisy:
-            y = y_of(t)
-            if y is not None:
-                pts.append((float(t.sets[primary]["ssim"][str(k)]), y, t))
-        if not pts:
-            continue
-        ax.scatter(
-            [p[0] for p in pts],
-            [p[1] for p in pts],
-            marker=marker,
-            label=f"attacker K={k}",
-            facecolors="none" if k > 1 else f"C{i}",
-            edgecolors=f"C{i}",
-        )
-        for x, y, t in pts:
-            tracks.setdefault(t.name, []).append((x, y))
-        if k == 1:
-            for x, y, t in pts:
-                ax.annotate(
-                    f"α={t.alpha:g} {t.split}" if t.alpha is not None else t.name,
-                    (x, y),
-                    fontsize=7,
-                    xytext=(4, 3),
-                    textcoords="offset points",
-                )
-    for track in tracks.values():  # how far repeated queries move each transform
-        ax.plot([p[0] for p in track], [p[1] for p in track], color="grey", lw=0.6, zorder=0)
-    ax.axvline(floor, color="black", ls="--", lw=1, label=f"mean-image floor ({floor:.3f})")
-    ax.axvspan(0, floor + GOAL_MARGIN, color="tab:green", alpha=0.08, label="≤ floor + 0.03")
-    for t in result.targets:
-        if t.kind == "clean" and primary in t.sets:
-            ax.axvline(t.sets[primary]["ssim"]["1"], color="tab:red", ls=":", lw=1)
-            ax.text(
-                t.sets[primary]["ssim"]["1"],
-                ax.get_ylim()[1],
-                f" {t.name}",
-                rotation=90,
-                fontsize=7,
-                va="top",
-                color="tab:red",
-            )
-    ax.set_xlabel(f"attacker SSIM on {primary} (lower = more private)")
-    ax.set_ylabel("AP retained (%)" if have_ap else "α (pass --sweep for AP retained)")
-    ax.set_title("privacy–utility trade-off")
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    atomic_write_bytes(path, _png(fig))
-
-
-def plot_curves(result: AuditResult, path: Path) -> None:
-    """Validation SSIM and training loss per attacker: the evidence that it trained to a plateau."""
-    plt = _pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
-    for t in result.targets:
-        curve = t.training.get("curve", [])
-        steps = [p["step"] for p in curve]
-        if any("val_ssim" in p for p in curve):
-            ax1.plot(
-                [p["step"] for p in curve if "val_ssim" in p],
-                [p["val_ssim"] for p in curve if "val_ssim" in p],
-                label=t.name,
-            )
-        ax2.plot(steps, [p["loss"] for p in curve], label=t.name)
-    if result.eval_sets:
-        ax1.axhline(
-            result.floor[result.eval_sets[0]]["ssim"], color="black", ls="--", lw=1, label="mean-image floor"
-        )
-    ax1.set_xlabel("step")
-    ax1.set_ylabel("held-out auxiliary SSIM (K=1)")
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("training loss")
-    ax1.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_write_bytes(path, _png(fig))
-
-
-def write_report(result: AuditResult, out: Path, recon_rows: list[tuple[str, Tensor]]) -> dict[str, Path]:
+def write_report(
+    result: AuditResult,
+    out: Path,
+    recon_rows: list[tuple[str, Tensor]],
+    pictures: dict[str, list[tuple[str, Tensor]]] | None = None,
+) -> dict[str, Path]:
     """Write all outputs under ``out``; each file appears complete or not at all."""
+    from veil.audit.pages import write_pages
+
     out.mkdir(parents=True, exist_ok=True)
-    record = {"threat_model": THREAT_MODEL} | asdict(result)
+    record = {"schema": result.schema, "threat_model": THREAT_MODEL} | asdict(result)
     atomic_write_bytes(out / "metrics.json", (json.dumps(record, indent=1, default=str) + "\n").encode())
     paths = {"metrics": out / "metrics.json"}
     if recon_rows:
@@ -389,6 +279,7 @@ def write_report(result: AuditResult, out: Path, recon_rows: list[tuple[str, Ten
         paths["tradeoff"] = out / "tradeoff.png"
     plot_curves(result, out / "training_curves.png")
     paths["training_curves"] = out / "training_curves.png"
+    paths |= {f"page {name}": p for name, p in write_pages(result, out, pictures).items()}
     atomic_write_bytes(out / "report.md", markdown(result).encode())
     paths["report"] = out / "report.md"
     return paths

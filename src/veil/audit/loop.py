@@ -1,0 +1,202 @@
+"""One attacked configuration, whatever the model: every attack ``veil audit`` runs on it, in one place.
+
+FaceBoxes' audit (:mod:`veil.audit.faceboxes`) and the audit of any ``veil.protect`` image transform
+(:mod:`veil.audit.generic`) differ only in how they build heads and targets; both hand each target to
+:func:`attack_target`, which trains the decoder (and its K-adapted copies), the linkage verifier, measures
+every evaluation set and runs the attacks selected with ``veil audit --attacks`` (:class:`Extras`):
+
+* ``rmle`` / ``hybrid`` / ``fisher`` — the white-box inversion and the Fisher-information bound
+  (:mod:`veil.audit.inversion`, :mod:`veil.audit.fisher`; they need the head's gradients, so a target gives
+  a :class:`Probe`: the head and the map from [0, 1] images to its input);
+* ``sticky`` — repeated queries with fresh noise against the opt-in sticky (keyed) noise, and what the
+  sticky mode costs in linkability (:mod:`veil.audit.repeats`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from veil.audit.attack import (
+    AttackConfig,
+    Attacker,
+    ImageSet,
+    NoiseSpec,
+    adapt_attacker,
+    decode,
+    train_attacker,
+)
+from veil.audit.linkage import LinkageConfig, linkage_auc, train_verifier
+from veil.audit.measure import SHOW, measure, released, slug
+from veil.audit.report import TargetResult
+from veil.audit.store import save_attacker
+from veil.errors import InputError
+
+#: What ``--attacks`` accepts (the decoder always runs: every other attack is read against it).
+ATTACKS = ("decoder", "rmle", "hybrid", "fisher", "sticky")
+
+
+@dataclass
+class Probe:
+    """What a white-box attacker holds: the head (with gradients) and [0, 1] images -> the head's input."""
+
+    head: nn.Module
+    to_input: Callable[[Tensor], Tensor]
+
+
+@dataclass
+class Extras:
+    """The attacks beyond the decoder and the linkage verifier, with their budgets."""
+
+    attacks: tuple[str, ...] = ("decoder",)
+    whitebox: Any = None  # veil.audit.inversion.WhiteboxConfig when rmle/hybrid/fisher are selected
+    sticky_ks: tuple[int, ...] = ()  # K for the fresh-vs-sticky comparison (default: the audit's ks)
+
+    @classmethod
+    def parse(cls, text: str | None) -> tuple[str, ...]:
+        """``--attacks decoder,rmle,...`` or ``all``, refused in one line when it names something else."""
+        if text is None or not text.strip():
+            return ("decoder",)
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        if names == ["all"]:
+            return ATTACKS
+        bad = [n for n in names if n not in ATTACKS]
+        if bad:
+            raise InputError(
+                f"--attacks: unknown attack {', '.join(bad)}; choose from {', '.join(ATTACKS)} or all"
+            )
+        return tuple(dict.fromkeys(["decoder", *names]))
+
+    @property
+    def whitebox_attacks(self) -> tuple[str, ...]:
+        return tuple(a for a in self.attacks if a in ("rmle", "hybrid", "fisher"))
+
+
+@dataclass
+class Outcome:
+    """What :func:`attack_target` adds beyond the result: pictures and notes for the report."""
+
+    recon: list[tuple[str, Tensor]] = field(default_factory=list)  # rows for this target's pictures
+    overview: Tensor | None = None  # the decoder's row for the audit-wide reconstructions.png
+    notes: list[str] = field(default_factory=list)
+    linked: bool = False  # a linkage pair was scored
+
+
+def attack_target(
+    res: TargetResult,
+    aux_acts: Tensor,
+    acts: Callable[[str], Tensor],
+    spec: NoiseSpec | None,
+    aux_set: ImageSet,
+    sets: dict[str, ImageSet],
+    cfg: AttackConfig,
+    link_cfg: LinkageConfig,
+    out: Path,
+    *,
+    extras: Extras | None = None,
+    probe: Probe | None = None,
+    progress: bool = True,
+) -> Outcome:
+    """Train and score every selected attack on one target; fills ``res`` in place."""
+    extras = extras or Extras()
+    done = Outcome()
+    attacker = train_attacker(
+        aux_acts, aux_set.targets, aux_set.paths, spec, cfg, f"attack {res.name}", progress
+    )
+    attackers: dict[int, list[Attacker]] = {1: [attacker]}
+    adapt_curves = {}
+    if spec is not None and cfg.adapt_steps > 0:
+        for k in (k for k in cfg.ks if k > 1):
+            adapted = adapt_attacker(attacker, k, aux_acts, aux_set.targets, aux_set.paths, cfg, progress)
+            attackers[k] = [adapted]
+            adapt_curves[str(k)] = adapted.curve
+    save_attacker(attacker, out / "attackers" / f"{slug(res.name)}.safetensors")
+    verifier = train_verifier(aux_acts, aux_set.paths, spec, link_cfg, f"verifier {res.name}", progress)
+    primary = next(iter(sets), None)
+    for name, image_set in sets.items():
+        e = acts(name)
+        res.sets[name] = measure(attackers, e, image_set, spec, cfg)
+        link = linkage_auc(verifier, e, image_set.paths, spec, seed=cfg.seed + 11)
+        if link is not None:
+            res.linkage[name] = link
+            done.linked = True
+        if "sticky" in extras.attacks and spec is not None:
+            from veil.audit.repeats import repeats_measure
+
+            ks = extras.sticky_ks or cfg.ks
+            res.sets[name]["repeats"] = repeats_measure(attackers, e, image_set, spec, ks=ks, seed=cfg.seed)
+        if extras.whitebox_attacks and probe is not None and name == primary:
+            res.sets[name]["whitebox"], rows = _whitebox(
+                res, probe, attackers, e, image_set, aux_set, spec, extras
+            )
+            done.recon += rows
+    if extras.whitebox_attacks and probe is None:
+        done.notes.append(f"{res.name}: no differentiable head for the white-box attacks; skipped.")
+    res.training = {
+        "curve": attacker.curve,
+        "best_step": attacker.best_step,
+        "best_val_ssim": attacker.best_val_ssim,
+        "plateau_gain": attacker.plateau_gain,
+        "converged": attacker.converged,
+        "adapt_curves": adapt_curves,
+    }
+    if not attacker.converged:
+        done.notes.append(
+            f"{res.name}: the attacker's validation SSIM still rose by "
+            f"{attacker.plateau_gain:.3f} in the last quarter of training; raise --steps."
+        )
+    if primary is not None:
+        recon = decode(attacker.decoder, released(acts(primary)[:SHOW], spec, cfg.seed + 101))
+        done.overview = (recon * 255).round().to(torch.uint8)
+        if not done.recon:
+            done.recon = [("original", sets[primary].targets[:SHOW]), ("decoder K=1", done.overview)]
+    return done
+
+
+def _whitebox(
+    res: TargetResult,
+    probe: Probe,
+    attackers: dict[int, list[Attacker]],
+    acts: Tensor,
+    images: ImageSet,
+    aux: ImageSet,
+    spec: NoiseSpec | None,
+    extras: Extras,
+) -> tuple[dict[str, Any], list[tuple[str, Tensor]]]:
+    """rMLE, hybrid and the Fisher bound on the headline set (the same releases for every attack)."""
+    from veil.audit.inversion import whitebox_measure
+
+    prior = (aux.targets.float() / 255.0).mean(0)
+    decoders = {k: v[0] for k, v in attackers.items()}
+    return whitebox_measure(
+        probe.head,
+        probe.to_input,
+        acts,
+        images.targets,
+        spec,
+        decoders,
+        prior,
+        extras.whitebox,
+        attacks=extras.whitebox_attacks,
+        desc=res.name,
+    )
+
+
+def extras_config(extras: Extras | None) -> dict[str, Any]:
+    """The extra attacks' selection and budgets, as recorded in metrics.json's ``config``."""
+    from dataclasses import asdict, is_dataclass
+
+    extras = extras or Extras()
+    wb = extras.whitebox
+    return {
+        "attacks": list(extras.attacks),
+        "whitebox": asdict(wb)
+        if wb is not None and is_dataclass(wb) and not isinstance(wb, type) and extras.whitebox_attacks
+        else None,
+        "sticky_ks": list(extras.sticky_ks) if "sticky" in extras.attacks else None,
+    }
