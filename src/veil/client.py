@@ -11,6 +11,8 @@ below the transform's recorded floor (nor negligible against the activation). Bu
 (``transform=``), the head comes from that transform (its split and fine-tuned block, checked against its
 recorded head fingerprint) and ``expect_release`` pins the audited release digest. ``last_sent`` holds a
 copy of exactly what the last request carried, so tests (and the curious) can check what left the machine.
+``sticky_key`` (bytes or a key file, :mod:`veil.sticky`) makes the noise a function of the key and the
+head's input: the same image sent again releases the same tensor (the key stays here, never sent or logged).
 
 One client per thread: tritonclient's connections are not meant to be shared across threads.
 """
@@ -37,10 +39,18 @@ from veil.serve.remote import PROTOCOLS as PROTOCOLS  # re-exported
 from veil.serve.remote import Parts, eval_mode, is_protected, leaves, protected_parts, request, split_url
 from veil.serve.spec import FACEBOXES, check_wire, unflatten
 from veil.serve.validate import ACCESS_HEADER, BASE_MODEL, INPUT_SIZE, MAX_BATCH_SIZE, NOISY_MODEL
+from veil.sticky import check_key, load_key, sticky_seeds
 
 _split_url = split_url  # the name it had here
 #: Noise whose mean σ is below this share of the activation's RMS (SNR above 60 dB) is no noise at all.
 NEGLIGIBLE = 1e-3
+
+
+def _sticky(key: bytes | str | Path, noise: nn.Module | None) -> bytes:
+    """The checked sticky key (bytes, or a key file's); only a veil NoiseTransform can use one."""
+    if not isinstance(noise, NoiseTransform):
+        raise ServingError("sticky_key needs a noise transform (transform=... or noise=...): nothing to seed")
+    return load_key(key) if isinstance(key, str | Path) else check_key(key)
 
 
 def _protected(transform: Any) -> bool:
@@ -71,6 +81,7 @@ class VeilClient:
         max_batch_size: int = MAX_BATCH_SIZE,
         ca_cert: str | Path | None = None,
         pytorch_model: nn.Module | None = None,
+        sticky_key: bytes | str | Path | None = None,
     ) -> None:
         self.sigma_floor: float | None = None
         #: A protected model's head, noise and wire/output specs (``transform=veil.load(dir, model)``).
@@ -119,6 +130,7 @@ class VeilClient:
         self.ca_cert = None if ca_cert is None else str(ca_cert)
         self.model = model or (NOISY_MODEL if noise is not None else BASE_MODEL)
         self.noise, self.allow_clean, self.timeout = noise, allow_clean, float(timeout)
+        self._sticky_key = None if sticky_key is None else _sticky(sticky_key, noise)
         self.max_batch_size = max_batch_size
         # Triton expects the token under a protocol-specific key on gRPC (PyTriton 0.7 convention).
         key = ACCESS_HEADER if self.protocol == "http" else f"triton-grpc-protocol-{ACCESS_HEADER}"
@@ -273,7 +285,8 @@ class VeilClient:
             device = next(parts.head.parameters(), torch.empty(0)).device
             clean = parts.head(x.to(device))
             self._check_noise(clean)
-            sent = parts.noise(clean.clone())  # a clone: an in-place noise must not alter the reference
+            seeds = None if self._sticky_key is None else sticky_seeds(self._sticky_key, x)
+            sent = parts.noise(clean.clone(), seeds=seeds)  # a clone: the reference must stay clean
             if torch.equal(sent, clean):
                 raise ServingError("the noise left the activation unchanged: refusing to send it clean")
         wire = np.ascontiguousarray(sent.detach().cpu().numpy(), dtype=self.spec.input.numpy_dtype)
@@ -297,7 +310,10 @@ class VeilClient:
             return clean, batch
         if not self.allow_clean:
             self._check_noise(clean)
-        sent = self.noise(clean.clone())  # a clone: an in-place noise must not alter the reference
+        if self._sticky_key is None:
+            sent = self.noise(clean.clone())  # a clone: an in-place noise must not alter the reference
+        else:
+            sent = self.noise(clean.clone(), seeds=sticky_seeds(self._sticky_key, batch.tensor))
         if not self.allow_clean and torch.equal(sent, clean):
             raise ServingError("the noise transform left the activation unchanged: refusing to send it clean")
         return sent, batch

@@ -17,18 +17,21 @@ default 0, the channels of an image; ``-1`` for tokens: one per feature, shared 
 at any size along the other axes; a per-element transform needs exactly ``shape``.
 
 Every call draws fresh noise from a generator seeded from OS entropy, so whoever receives the output
-cannot predict or replay the noise; ``seed=`` exists for tests only.
+cannot predict or replay the noise; ``seed=`` exists for tests only. Opt-in sticky noise
+(``forward(x, seeds=...)``, :mod:`veil.sticky`) gives a repeated input the same noise instead.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from veil.errors import InputError
+from veil.sticky import sticky_eps
 
 Granularity = Literal["element", "channel", "conditional"]
 GRANULARITIES = ("element", "channel", "conditional")
@@ -207,9 +210,22 @@ class NoiseTransform(nn.Module):
                 "was it trained for another split point or input size?"
             )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, seeds: Sequence[int] | None = None) -> Tensor:
+        """One release of ``x``: fresh noise, or with ``seeds`` (one per sample) sticky noise.
+
+        ``seeds`` (:func:`veil.sticky.sticky_seeds`): sample i's eps comes from its own stream of
+        ``seeds[i]`` (:func:`veil.sticky.sticky_eps`), whatever else is in the batch; the distribution
+        of each release is the same as without them.
+        """
         self.check(x)
-        eps = torch.randn(x.shape, generator=self._generator(x.device), device=x.device, dtype=x.dtype)
+        if seeds is None:
+            eps = torch.randn(x.shape, generator=self._generator(x.device), device=x.device, dtype=x.dtype)
+        else:
+            if len(seeds) != x.shape[0]:
+                raise InputError(
+                    f"{len(seeds)} sticky seeds for a batch of {x.shape[0]}: give one per sample"
+                )
+            eps = sticky_eps(x.shape[1:], seeds, x.dtype, x.device)
         if self.net is not None:
             sigma = self.sigma(x)
             if torch.is_grad_enabled():

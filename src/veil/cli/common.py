@@ -271,6 +271,7 @@ def remote_detector(
     threshold: float = 0.05,
     expect_release: str | None = None,
     ca_cert: Path | None = None,
+    sticky_key: bytes | None = None,
 ) -> Callable[[Sequence[Tensor]], list[Tensor]]:
     """``detect`` through a Triton server: head and noise here, tail there; clean only if allowed.
 
@@ -292,6 +293,8 @@ def remote_detector(
         head, _ = split_model(create_model("faceboxes", w), get_spec("faceboxes").default_split)
         if expect_release is not None:
             raise VeilError("--expect-release needs --transform: only a transform records its release")
+        if sticky_key is not None:
+            raise VeilError("--sticky-key needs --transform: clean activations carry no noise to seed")
         client = VeilClient(
             server,
             protocol,
@@ -317,6 +320,7 @@ def remote_detector(
             access_token=access_token,
             post=post,
             ca_cert=ca_cert,
+            sticky_key=sticky_key,
         )
     client.check_ready()
     return client.detect

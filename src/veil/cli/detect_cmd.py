@@ -22,6 +22,7 @@ from veil.cli.common import (
     resolve_model_option,
     set_threads,
 )
+from veil.cli.keygen_cmd import StickyKeyOpt, read_sticky_key
 
 
 def detect(
@@ -41,6 +42,7 @@ def detect(
     expect_release: str | None = ExpectReleaseOpt,
     ca_cert: Path | None = CaCertOpt,
     tiles: int = TilesOpt,
+    sticky_key: Path | None = StickyKeyOpt,
 ) -> None:
     """Detect faces; writes <name>.png (boxes drawn) and <name>.json per image."""
     from veil.faceboxes.detect import PostProcess
@@ -57,6 +59,7 @@ def detect(
     from veil.serve.validate import INPUT_SIZE
 
     check_writable(out, "--out")
+    key = read_sticky_key(sticky_key, server)
     fixed, factor = parse_size(size, resize)
     w = resolve_model_option(model, weights).require_faceboxes("detect")
     for path in images:  # every file's header and input size first: a bad one fails before any output
@@ -76,6 +79,7 @@ def detect(
             threshold=seen,
             expect_release=expect_release,
             ca_cert=ca_cert,
+            sticky_key=key,
         )
         detect = tiled(detect, grid, INPUT_SIZE)
     else:

@@ -24,6 +24,7 @@ from veil.cli.common import (
     resolve_transform,
     set_threads,
 )
+from veil.cli.keygen_cmd import StickyKeyOpt, read_sticky_key
 from veil.errors import VeilError
 
 if TYPE_CHECKING:
@@ -109,6 +110,7 @@ def eval_main(
     allow_clean: bool = typer.Option(False, help="With --server and no transform: send clean activations."),
     expect_release: str | None = ExpectReleaseOpt,
     ca_cert: Path | None = CaCertOpt,
+    sticky_key: Path | None = StickyKeyOpt,
     verify: bool = typer.Option(False, help="Check the weights against SHA256SUMS."),
     threads: int | None = ThreadsOpt,
     quiet: bool = typer.Option(False, help="No progress bars."),
@@ -125,13 +127,14 @@ def eval_main(
     from veil.serve.validate import INPUT_SIZE
 
     check_writable(json_out, "--json", folder=False)
+    key = read_sticky_key(sticky_key, server)
     missing = "missing --dataset: pass an FDDB root (FDDB-folds/ + originalPics/) or a WIDER FACE root"
     if dataset is None and model.strip().lower() == "faceboxes":
         raise VeilError(missing)
     choice = resolve_model_option(model, weights)
     if not choice.faceboxes:  # another task: its own evaluator (accuracy, balanced accuracy, ...)
         set_threads(threads)
-        client = {"expect_release": expect_release, "ca_cert": ca_cert}
+        client = {"expect_release": expect_release, "ca_cert": ca_cert, "sticky_key": key}
         result = evaluate_task(choice, dataset, part, transform, alpha, server, draws, quiet, client)
         _print_task_result(result)
         if json_out is not None:
@@ -161,6 +164,7 @@ def eval_main(
             threshold=threshold,
             expect_release=expect_release,
             ca_cert=ca_cert,
+            sticky_key=key,
         )
         detect = tiled(detect, TileGrid(tiles=tiles), INPUT_SIZE)
     else:

@@ -19,6 +19,7 @@ from veil.cli import (
     eval_cmd,
     export_cmd,
     k8s_cmd,
+    keygen_cmd,
     serve_cmd,
     sweep_cmd,
     train_cmd,
@@ -44,6 +45,7 @@ app.add_typer(eval_cmd.app, name="eval")
 app.command("serve")(serve_cmd.serve)
 app.add_typer(export_cmd.app, name="export")
 app.add_typer(k8s_cmd.app, name="k8s")
+app.command("keygen")(keygen_cmd.keygen)
 
 
 @app.callback()

@@ -8,6 +8,7 @@
     veil.protection.tune_tail("out/r18", model, batches, "out/r18-tuned", adapter=64)  # same release
     y = p(x)                         # tail(noise(head(x))), same output structure as model(x)
     r = p.release(x)                 # what leaves the trusted zone (fresh noise every call)
+    r = p.release(x, sticky_key=key) # opt-in: the same x releases the same tensor (veil.sticky)
     p.save("out/r18"); q = veil.load("out/r18", model)
 
 ``protect`` copies the model: the one passed in is never changed. The clean copy (``p.teacher``) is the
@@ -39,6 +40,7 @@ from veil.protection import store
 from veil.protection.fit import batch_input, fit
 from veil.protection.objectives import TASKS, LossFn, check_outputs, resolve
 from veil.protection.privacy import Adversary
+from veil.sticky import sticky_seeds
 
 __all__ = ["Adversary", "Protected", "load", "protect", "split_points", "tune_tail"]
 
@@ -76,13 +78,18 @@ class Protected(nn.Module):
     def forward(self, x: Tensor) -> Any:
         return self.tail(self.noise(self.head(x)))
 
-    def release(self, x: Tensor) -> Tensor:
-        """What leaves the trusted zone: ``noise(head(x))``, without grad, in eval mode, fresh noise."""
+    def release(self, x: Tensor, sticky_key: bytes | None = None) -> Tensor:
+        """What leaves the trusted zone: ``noise(head(x))``, without grad, in eval mode, fresh noise.
+
+        ``sticky_key`` (:mod:`veil.sticky`): each sample's noise comes from the key and that sample of ``x``
+        instead, so sending the same input again releases the same tensor (same distribution, same digest).
+        """
+        seeds = None if sticky_key is None else sticky_seeds(sticky_key, x)
         modes = [(m, m.training) for m in (self.head, self.noise)]
         try:
             with torch.no_grad():
                 self.head.eval(), self.noise.eval()
-                out: Tensor = self.noise(self.head(x))
+                out: Tensor = self.noise(self.head(x), seeds=seeds)
                 return out
         finally:
             for m, mode in modes:
