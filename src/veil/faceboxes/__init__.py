@@ -15,7 +15,7 @@ veil finds FaceBoxes the way it finds any installed model: through the ``veil.mo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from veil.faceboxes.shipped import shipped_default_split
 from veil.models.public import ModelEntry
@@ -34,6 +34,13 @@ def faceboxes(weights: str | Path | None = None, *, verify: bool = False) -> nn.
     return create_model("faceboxes", weights, verify=verify)
 
 
+def peers() -> Any:
+    """``veil audit --peers``: AP on the mask-scenes test half at 512, its train half to fit peers on."""
+    from veil.faceboxes.peers import peers as make
+
+    return make()
+
+
 def _split_note() -> str:
     shipped = shipped_default_split()
     return f"default {shipped}, from the shipped default transform" if shipped else "no transform"
@@ -50,4 +57,5 @@ ENTRY = ModelEntry(
     example=(1, 3, 1024, 1024),
     task="faceboxes",
     split_note=_split_note(),
+    peers=peers,  # `veil audit --peers`: AP on real scenes, scenes to fit peers on
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -72,7 +72,7 @@ class PeerConfig:
     progress: bool = True
 
 
-def check_families(families: Sequence[str], levels: dict[str, Sequence[float]] | None = None) -> None:
+def check_families(families: Sequence[str], levels: Mapping[str, Sequence[float]] | None = None) -> None:
     """Refuse an unknown family or a level outside the family's range in one line."""
     for fam in families:
         if fam not in FAMILIES:

@@ -72,7 +72,8 @@ def verdicts(rows: Sequence[dict[str, Any]], tol: float = TOLERANCE) -> list[str
 
 def plot_frontier(rows: Sequence[dict[str, Any]], floor: float, out: str | Path, title: str = "") -> Path:
     """One PNG: x = accuracy retained, y = strongest attacker SSIM; a line per peer family, veil's
-    transforms as stars, the clean split as a cross, the mean-image floor dashed."""
+    transforms as stars, the clean split as a cross, the mean-image floor dashed. The legend's labels
+    are also written into the PNG's ``Description`` text chunk."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,10 +115,13 @@ def plot_frontier(rows: Sequence[dict[str, Any]], floor: float, out: str | Path,
     ax.set_ylabel("attacker SSIM (strongest attack, any K)")
     ax.set_title(title or "peer defences at the same split", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    legend = ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    labels = "; ".join(t.get_text() for t in legend.get_texts())  # kept in the PNG, for tests and tools
+    fig.savefig(
+        out, dpi=110, metadata={"Title": title or "peer frontier", "Description": f"legend: {labels}"}
+    )
     plt.close(fig)
     return out

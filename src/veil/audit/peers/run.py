@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -148,7 +148,7 @@ def run_peers(
     ev: ImageSet,
     cfg: AttackConfig,
     families: Sequence[str] = FAMILIES,
-    levels: dict[str, Sequence[float]] | None = None,
+    levels: Mapping[str, Sequence[float]] | None = None,
     transforms: Sequence[str | Path] = (),
     peer_cfg: PeerConfig | None = None,
     size: int | None = None,
