@@ -10,7 +10,10 @@ grey when C = 1, multiplied by the recorded ``scale`` (``veil train --model`` re
 ``(x - mean) / std`` for the recorded mean/std (one value or one per channel; null: skipped). Without a
 ``scale``, a mean above 1 means 0-255 statistics (as FaceBoxes' are: scale 1), else [0, 1] ones (scale
 1/255). Without any recorded normalisation the model gets [0, 1] floats. ``resize`` is ignored (the
-input spec's H x W, or ``--size``, decides).
+input spec's H x W, or ``--size``, decides). ``"channels": "BGR"`` (FaceBoxes' record on the generic path)
+means :func:`veil.imageio.preprocess`'s convention: the uint8 image is resized bilinearly without
+anti-aliasing (as OpenCV does) and its channels are reversed before the mean is subtracted, so the
+model gets exactly what FaceBoxes' own pipeline gives it; ``"RGB"`` (the default) changes nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from tqdm import tqdm
 from veil.artifact import GENERIC, Transform, load_transform
 from veil.errors import CheckpointError, InputError, TransformError, VeilError
 
-NORMALISATION_KEYS = ("mean", "std", "scale", "resize")
+NORMALISATION_KEYS = ("mean", "std", "scale", "resize", "channels")
+CHANNEL_ORDERS = ("RGB", "BGR")
 
 
 def read_transform(path: str | Path) -> Transform:
@@ -75,6 +79,11 @@ def check_normalisation(norm: Any, channels: int) -> tuple[Tensor | None, Tensor
             f"{', '.join(NORMALISATION_KEYS)} (mean/std: one value or one per channel); re-save it with "
             "protect(normalisation=...) in that form"
         )
+    if norm.get("channels", "RGB") not in CHANNEL_ORDERS:
+        raise InputError(
+            f"input spec normalisation: channels must be one of {', '.join(CHANNEL_ORDERS)}, got "
+            f"{norm['channels']!r}"
+        )
     values: dict[str, Tensor | None] = {}
     for name in ("mean", "std"):
         raw = norm.get(name)
@@ -107,20 +116,39 @@ def prepare(images: Sequence[Tensor], spec: dict[str, Any], size: tuple[int, int
     """uint8 RGB images [3, h, w] -> the model's input batch (see the module docstring)."""
     channels = int(spec["shape"][0])
     mean, std, scale = check_normalisation(spec.get("normalisation"), channels)
-    batch = torch.stack(
-        [
-            F.interpolate(img.unsqueeze(0).float(), size=size, mode="bilinear", antialias=True)[0]
-            for img in images
-        ]
-    ).clamp_(0, 255)
+    bgr = channel_order(spec) == "BGR"
+    batch = torch.stack([_resize(img, size, bgr) for img in images]).clamp_(0, 255)
     if channels == 1:
         batch = batch.mean(1, keepdim=True)
+    elif bgr:
+        batch = batch.flip(1)
     batch = batch * scale
     if mean is not None:
         batch = batch - mean
     if std is not None:
         batch = batch / std
     return batch.to(getattr(torch, str(spec["dtype"])))
+
+
+def channel_order(spec: dict[str, Any]) -> str:
+    """The channel order ("RGB" or "BGR") the input spec's normalisation record asks for."""
+    norm = spec.get("normalisation")
+    return str(norm.get("channels", "RGB")) if isinstance(norm, dict) else "RGB"
+
+
+def _resize(img: Tensor, size: tuple[int, int], bgr: bool) -> Tensor:
+    """Bilinear, anti-aliased resize to float; BGR records resize the uint8 image the way
+    :func:`veil.imageio.preprocess` does (no anti-aliasing, CPU's uint8 kernel)."""
+    x = img.unsqueeze(0)
+    if not bgr:
+        return F.interpolate(x.float(), size=size, mode="bilinear", antialias=True)[0]
+    if tuple(img.shape[1:]) == tuple(size):
+        return img.float()
+    if x.dtype == torch.uint8 and x.device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)[0].float()
+    y = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False, antialias=False)
+    return y.round_().clamp_(0, 255)[0]
 
 
 @torch.no_grad()
