@@ -16,8 +16,11 @@ Any rank: ``shape`` is the activation without its batch dimension — (C, H, W) 
 default 0, the channels of an image; ``-1`` for tokens: one per feature, shared by every position) and works
 at any size along the other axes; a per-element transform needs exactly ``shape``.
 
-Every call draws fresh noise from a generator seeded from OS entropy, so whoever receives the output
-cannot predict or replay the noise; ``seed=`` exists for tests only. Opt-in sticky noise
+Every release draws fresh noise from the operating system's cryptographic source (:mod:`veil.entropy`:
+``os.urandom``, never a seeded ``torch`` generator, whose CPU version keeps only 32 bits of its seed), so
+whoever receives the output cannot predict, replay or search for the noise. Training steps (the module in
+training mode with gradients on, whose noise never leaves the machine) draw from a generator seeded from OS
+entropy, which is faster on a GPU; ``seed=`` makes both reproducible, for tests only. Opt-in sticky noise
 (``forward(x, seeds=...)``, :mod:`veil.sticky`) gives a repeated input the same noise instead.
 """
 
@@ -30,6 +33,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from veil.entropy import secure_normal
 from veil.errors import InputError
 from veil.sticky import sticky_eps
 
@@ -185,9 +189,14 @@ class NoiseTransform(nn.Module):
         gen = self._generators.get(device)
         if gen is None:
             gen = self._generators[device] = torch.Generator(device=device)
-        # Fresh OS entropy per call (or the test seed): the receiver cannot replay the noise.
         gen.manual_seed(self._seed if self._seed is not None else secrets.randbits(63))
         return gen
+
+    def _fresh(self, x: Tensor) -> Tensor:
+        """Fresh N(0, 1) noise shaped like ``x``: from ``os.urandom`` for anything that may be released."""
+        if self._seed is not None or (self.training and torch.is_grad_enabled()):
+            return torch.randn(x.shape, generator=self._generator(x.device), device=x.device, dtype=x.dtype)
+        return secure_normal(x.shape, x.dtype, x.device)
 
     def check(self, x: Tensor) -> None:
         """One-line error for an activation of the wrong shape (per-channel: of the wrong rank or width)."""
@@ -219,7 +228,7 @@ class NoiseTransform(nn.Module):
         """
         self.check(x)
         if seeds is None:
-            eps = torch.randn(x.shape, generator=self._generator(x.device), device=x.device, dtype=x.dtype)
+            eps = self._fresh(x)
         else:
             if len(seeds) != x.shape[0]:
                 raise InputError(

@@ -47,12 +47,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from veil.entropy import normal_from_words
 from veil.errors import InputError
 
 KEY_BYTES = 32
 _TAG = b"veil-sticky-v1\x00"
 _EPS_TAG = b"veil-sticky-eps-v1\x00"
-_SCALE32 = float(2**-32)
 
 
 def new_key() -> bytes:
@@ -153,9 +153,9 @@ def sticky_eps(
 ) -> Tensor:
     """Standard normal noise [len(seeds), *shape]: sample i's from its own SHAKE-256 stream of ``seeds[i]``.
 
-    Box-Muller on 32-bit uniforms in (0, 1] (float64, then cast; |eps| <= 6.66, beyond which N(0, 1) has
-    mass 3e-11; torch's own CPU ``randn`` uses 24-bit uniforms), so the same seed gives the same noise on any
-    device and in any batch; a stream is cryptographic, its seed cannot be recovered from the noise.
+    Box-Muller as for fresh noise (:func:`veil.entropy.normal_from_words`), computed on the CPU, so the same
+    seed gives the same noise on any device and in any batch; a stream is cryptographic, its seed cannot be
+    recovered from the noise.
     """
     n = math.prod(int(s) for s in shape)
     pairs = (n + 1) // 2
@@ -166,11 +166,7 @@ def sticky_eps(
         stream = hashlib.shake_256(_EPS_TAG + seed.to_bytes(8, "big")).digest(8 * pairs)
         rows.append(np.frombuffer(stream, dtype="<u4"))
     words = np.stack(rows) if rows else np.zeros((0, 2 * pairs), dtype=np.uint32)
-    bits = torch.from_numpy(words.astype(np.int64))  # 32 random bits each
-    u = bits.view(len(rows), 2, pairs).to(torch.float64).add_(1.0).mul_(_SCALE32)  # (0, 1]
-    radius = torch.sqrt(-2.0 * torch.log(u[:, 0]))
-    theta = (2.0 * math.pi) * u[:, 1]
-    eps = torch.cat([radius * torch.cos(theta), radius * torch.sin(theta)], dim=1)[:, :n]
+    eps = normal_from_words(words, n)
     return eps.reshape(len(rows), *shape).to(device=device, dtype=dtype)
 
 

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from veil.audit.report import AuditResult
     from veil.audit.store import load_attacker, save_attacker
 
+from veil.audit.choices import ATTACKS, PEERS
+
 _LAZY = {
     "AttackConfig": "veil.audit.attack",
     "Attacker": "veil.audit.attack",
@@ -52,6 +54,8 @@ _LAZY = {
     "save_attacker": "veil.audit.store",
 }
 __all__ = [
+    "ATTACKS",
+    "PEERS",
     "AttackConfig",
     "Attacker",
     "AuditResult",

@@ -14,6 +14,7 @@ every evaluation set and runs the attacks selected with ``veil audit --attacks``
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,14 +32,12 @@ from veil.audit.attack import (
     decode,
     train_attacker,
 )
+from veil.audit.choices import ATTACKS
 from veil.audit.linkage import LinkageConfig, linkage_auc, train_verifier
 from veil.audit.measure import SHOW, measure, released, slug
 from veil.audit.report import TargetResult
 from veil.audit.store import save_attacker
 from veil.errors import InputError
-
-#: What ``--attacks`` accepts (the decoder always runs: every other attack is read against it).
-ATTACKS = ("decoder", "rmle", "hybrid", "fisher", "sticky")
 
 
 @dataclass
@@ -132,7 +131,7 @@ def attack_target(
             res.sets[name]["repeats"] = repeats_measure(attackers, e, image_set, spec, ks=ks, seed=cfg.seed)
         if extras.whitebox_attacks and probe is not None and name == primary:
             res.sets[name]["whitebox"], rows = _whitebox(
-                res, probe, attackers, e, image_set, aux_set, spec, extras
+                res, probe, attackers, e, image_set, aux_set, spec, extras, cfg.ks, progress
             )
             done.recon += rows
     if extras.whitebox_attacks and probe is None:
@@ -167,13 +166,18 @@ def _whitebox(
     aux: ImageSet,
     spec: NoiseSpec | None,
     extras: Extras,
+    ks: tuple[int, ...],
+    progress: bool,
 ) -> tuple[dict[str, Any], list[tuple[str, Tensor]]]:
     """rMLE, hybrid and the Fisher bound on the headline set (the same releases for every attack)."""
-    from veil.audit.inversion import whitebox_measure
+    from veil.audit.whitebox import WhiteboxConfig, whitebox_measure
 
+    cfg = copy.copy(extras.whitebox or WhiteboxConfig())
+    cfg.attacks = extras.whitebox_attacks
     prior = (aux.targets.float() / 255.0).mean(0)
     decoders = {k: v[0] for k, v in attackers.items()}
-    return whitebox_measure(
+    wks = tuple(k for k in (1, 16) if k in ks) if spec is not None else (1,)
+    got = whitebox_measure(
         probe.head,
         probe.to_input,
         acts,
@@ -181,10 +185,16 @@ def _whitebox(
         spec,
         decoders,
         prior,
-        extras.whitebox,
-        attacks=extras.whitebox_attacks,
-        desc=res.name,
+        cfg,
+        ks=wks or (1,),
+        progress=progress,
     )
+    n = int(got.metrics.get("images", 0)) or SHOW
+    rows: list[tuple[str, Tensor]] = [("original", images.targets[: min(n, SHOW)])]
+    for attack in ("decoder", "rmle", "hybrid"):
+        for k, recon in sorted(got.recons.get(attack, {}).items()):
+            rows.append((f"{attack} K={k}", recon[:SHOW]))
+    return got.metrics, rows
 
 
 def extras_config(extras: Extras | None) -> dict[str, Any]:

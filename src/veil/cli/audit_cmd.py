@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from veil.cli.checks import check_size, check_writable
+from veil.audit.choices import ATTACKS
+from veil.cli.checks import check_choices, check_counts, check_size, check_writable
 from veil.cli.common import ThreadsOpt, resolve_weights, set_threads
 from veil.errors import VeilError
 
 if TYPE_CHECKING:
     from veil.audit import AttackConfig, AuditResult, LinkageConfig
+    from veil.audit.loop import Extras
 
 
 def audit(
@@ -67,6 +69,30 @@ def audit(
         help="A name from `veil models` or package.module:factory (default: faceboxes); a veil.protect "
         "transform needs the model it was made for.",
     ),
+    ks: str = typer.Option(
+        "1,4,16",
+        "--ks",
+        callback=check_counts,
+        help="Repeated queries: K releases of one image the attacker averages (comma-separated, with 1; "
+        "64 is a second of video). Each K > 1 costs --adapt-steps more training per transform.",
+    ),
+    attacks: str = typer.Option(
+        "decoder",
+        "--attacks",
+        callback=check_choices(ATTACKS),
+        help="Attacks to run, comma-separated or all: decoder (always: the learned decoder, linkage), rmle "
+        "(white-box inversion), hybrid (inversion from the decoder's output), fisher (the dFIL bound), "
+        "sticky (fresh vs sticky noise under repeated queries).",
+    ),
+    inversion_steps: int | None = typer.Option(
+        None, min=1, help="rMLE optimisation steps per image batch (default 200; the hybrid takes half)."
+    ),
+    inversion_images: int | None = typer.Option(
+        None, min=1, help="Headline-set images the white-box attacks invert and bound (default 16)."
+    ),
+    fisher_projections: int | None = typer.Option(
+        None, min=2, help="Random projections per image for the Fisher-information estimate (default 8)."
+    ),
     seed: int = typer.Option(0, min=0, help="Seed of the attacker's own randomness."),
     threads: int | None = ThreadsOpt,
     device: str = typer.Option(
@@ -91,6 +117,8 @@ def audit(
             setattr(cfg, key, value)
     if size is not None:
         cfg.input_size = size
+    cfg.ks = tuple(int(k) for k in ks.split(","))
+    extras = _extras(attacks, inversion_steps, inversion_images, fisher_projections, cfg)
     link = LinkageConfig(seed=seed, device=cfg.device)
     if linkage_steps is not None:
         link.steps = linkage_steps
@@ -98,6 +126,11 @@ def audit(
     if generic and _vector_transforms(transform):
         from veil.audit.vector import VectorAttackConfig, audit_vectors
 
+        if extras.attacks != ("decoder",) or cfg.ks != (1, 4, 16):
+            raise VeilError(
+                "--attacks and --ks apply to image transforms; a vector transform's audit is the "
+                "regression attacker (drop them)"
+            )
         vcfg = VectorAttackConfig(seed=seed, device=cfg.device, max_rows=max_images)
         vcfg.steps = steps or vcfg.steps
         audit_vectors(transform, model, weights, aux, eval_dirs, out, vcfg, clean_split, not quiet)
@@ -121,6 +154,7 @@ def audit(
             sweep,
             max_eval,
             quiet,
+            extras,
         )
         typer.echo(
             f"report: {out / 'report.md'} ({len(result.targets)} targets, {len(result.eval_sets)} eval sets)"
@@ -140,10 +174,41 @@ def audit(
         model_name=model or "faceboxes",
         max_eval=max_eval,
         progress=not quiet,
+        extras=extras,
     )
     typer.echo(
         f"report: {out / 'report.md'} ({len(result.targets)} targets, {len(result.eval_sets)} eval sets)"
     )
+
+
+def _extras(
+    attacks: str,
+    steps: int | None,
+    images: int | None,
+    projections: int | None,
+    cfg: AttackConfig,
+) -> Extras:
+    """``--attacks`` and the white-box budget as the audit's :class:`veil.audit.loop.Extras`."""
+    from veil.audit.loop import Extras
+
+    extras = Extras(attacks=Extras.parse(attacks), sticky_ks=cfg.ks)
+    if extras.whitebox_attacks:
+        from veil.audit.whitebox import WhiteboxConfig
+
+        wb = WhiteboxConfig(seed=cfg.seed, device=cfg.device)
+        for key, value in {"steps": steps, "images": images, "projections": projections}.items():
+            if value is not None:
+                setattr(wb, key, value)
+        if steps is not None:
+            wb.hybrid_steps = max(1, steps // 2)
+        wb.check()
+        extras.whitebox = wb
+    elif any(v is not None for v in (steps, images, projections)):
+        raise VeilError(
+            "--inversion-steps, --inversion-images and --fisher-projections set the white-box attacks' "
+            "budget: add --attacks rmle,hybrid,fisher (or all)"
+        )
+    return extras
 
 
 def _vector_transforms(transforms: list[Path]) -> bool:
@@ -187,6 +252,7 @@ def _run_generic(
     sweep: Path | None,
     max_eval: int | None,
     quiet: bool,
+    extras: Extras,
 ) -> AuditResult:
     """`veil audit` of veil.protect transforms: the model from --model (+ --weights), images per spec."""
     from veil.audit.generic import load_generic, run_generic_audit
@@ -222,4 +288,5 @@ def _run_generic(
         weights=weights,
         max_eval=max_eval,
         progress=not quiet,
+        extras=extras,
     )

@@ -83,6 +83,40 @@ def check_size(value: int | None) -> int | None:
     return value
 
 
+def check_counts(value: str | None) -> str | None:
+    """Callback for ``--ks``: comma-separated repeat counts, 1 among them, each from 1 to 1024."""
+    if value is None:
+        return value
+    try:
+        ks = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            f"must be whole numbers separated by commas, e.g. 1,4,16,64; got {value!r}"
+        ) from None
+    if 1 not in ks or any(k < 1 or k > 1024 for k in ks):
+        raise typer.BadParameter(
+            f"must include 1 and only counts from 1 to 1024, e.g. 1,4,16,64; got {value!r}"
+        )
+    return ",".join(str(k) for k in sorted(set(ks)))
+
+
+def check_choices(choices: tuple[str, ...], extra: str = "all") -> Callable[[str | None], str | None]:
+    """Callback for a comma-separated list drawn from ``choices`` (or ``extra`` alone)."""
+
+    def check(value: str | None) -> str | None:
+        if value is None:
+            return value
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        bad = [n for n in names if n not in choices and not (n == extra and len(names) == 1)]
+        if bad or not names:
+            raise typer.BadParameter(
+                f"unknown {', '.join(bad) or 'empty list'}: choose from {', '.join(choices)} or {extra}"
+            )
+        return ",".join(choices) if names == [extra] else ",".join(names)
+
+    return check
+
+
 def _nearest_existing(path: Path) -> Path:
     probe = path
     while not probe.exists() and probe != probe.parent:
