@@ -358,3 +358,80 @@ def test_input_spec_normalisation() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_cli_runs_every_attack_and_keeps_the_metrics_schema(
+    setup: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--attacks all --ks 1,4,16,64: decoder, rMLE, hybrid, dFIL, fresh vs sticky, a page per target."""
+    import jsonschema
+
+    monkeypatch.setenv("PYTHONPATH", str(setup["root"]))
+    out = setup["root"] / "report-all"
+    result = _audit(
+        setup,
+        "--model",
+        "toy_models_audit:plain",
+        "--weights",
+        str(setup["root"] / "r18.pt"),
+        "--steps",
+        "5",
+        "--adapt-steps",
+        "2",
+        "--width",
+        "16",
+        "--max-images",
+        "25",
+        "--attacks",
+        "all",
+        "--ks",
+        "1,4,16,64",
+        "--inversion-steps",
+        "4",
+        "--inversion-images",
+        "4",
+        "--fisher-projections",
+        "2",
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    schema = json.loads((Path(veil.__file__).parent / "audit" / "metrics.schema.json").read_text())
+    jsonschema.validate(metrics, schema)
+    assert metrics["schema"] == "veil-audit/2" and metrics["config"]["ks"] == [1, 4, 16, 64]
+    assert metrics["config"]["attacks"] == ["decoder", "rmle", "hybrid", "fisher", "sticky"]
+    assert metrics["config"]["whitebox"]["steps"] == 4 and metrics["config"]["whitebox"]["images"] == 4
+    held = metrics["eval_sets"][0]
+    clean, noisy = metrics["targets"]
+    wb = noisy["sets"][held]["whitebox"]
+    assert wb["images"] == 4
+    for attack in ("decoder", "rmle", "hybrid"):
+        assert set(wb[attack]["ssim"]) == {"1", "16"}, attack
+        assert all(-1 <= v <= 1 for v in wb[attack]["ssim"].values())
+    fisher = wb["fisher"]  # Sigma = sigma^2 / K: K releases carry K times the information
+    assert fisher["dfil"]["1"] > 0 and fisher["dfil"]["16"] == pytest.approx(16 * fisher["dfil"]["1"])
+    assert fisher["mse_bound"]["1"] >= 1 / fisher["dfil"]["1"] * (1 - 1e-6)  # mean of 1/dFIL >= 1/mean
+    assert clean["sets"][held]["whitebox"]["fisher"] is None  # no noise: the information is unbounded
+    assert set(clean["sets"][held]["whitebox"]["rmle"]["ssim"]) == {"1"}  # clean: nothing to average
+    rep = noisy["sets"][held]["repeats"]
+    assert rep["ks"] == [1, 4, 16, 64] and set(noisy["sets"][held]["ssim"]) == {"1", "4", "16", "64"}
+    sticky = list(rep["sticky"]["ssim"].values())
+    assert max(sticky) - min(sticky) < 1e-6  # identical repeats: averaging gains nothing
+    assert rep["linkage"]["sticky_auc"] == 1.0 and 0 <= rep["linkage"]["fresh_auc"] < 1.0
+    assert rep["fresh"]["ssim"]["1"] == pytest.approx(noisy["sets"][held]["ssim"]["1"])
+    assert "repeats" not in clean["sets"][held]  # clean activations have no noise to repeat
+    page = (out / "targets" / "r18-layer2.md").read_text()
+    for text in ("White-box inversion", "dFIL", "fresh against sticky", "Strongest attack", "r18-layer2.png"):
+        assert text in page, text
+    assert "(targets/r18-layer2.md)" in (out / "report.md").read_text()
+    picture = decode_png(
+        torch.frombuffer(bytearray((out / "targets" / "r18-layer2.png").read_bytes()), dtype=torch.uint8)
+    )
+    assert picture.shape[1] > 100
+
+
+def test_cli_refuses_white_box_budgets_without_the_attack(setup: dict[str, Any]) -> None:
+    result = _audit(setup, "--inversion-steps", "3", "--out", str(setup["root"] / "never"))
+    line = _one_line_error(result)
+    assert "--attacks" in line and not (setup["root"] / "never").exists()

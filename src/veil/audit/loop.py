@@ -30,6 +30,7 @@ from veil.audit.attack import (
     NoiseSpec,
     adapt_attacker,
     decode,
+    split_validation,
     train_attacker,
 )
 from veil.audit.choices import ATTACKS
@@ -131,7 +132,18 @@ def attack_target(
             res.sets[name]["repeats"] = repeats_measure(attackers, e, image_set, spec, ks=ks, seed=cfg.seed)
         if extras.whitebox_attacks and probe is not None and name == primary:
             res.sets[name]["whitebox"], rows = _whitebox(
-                res, probe, attackers, e, image_set, aux_set, spec, extras, cfg.ks, progress
+                res,
+                probe,
+                attackers,
+                e,
+                image_set,
+                aux_set,
+                spec,
+                extras,
+                cfg.ks,
+                progress,
+                aux_acts,
+                cfg.val_images,
             )
             done.recon += rows
     if extras.whitebox_attacks and probe is None:
@@ -168,6 +180,8 @@ def _whitebox(
     extras: Extras,
     ks: tuple[int, ...],
     progress: bool,
+    aux_acts: Tensor,
+    val_images: int,
 ) -> tuple[dict[str, Any], list[tuple[str, Tensor]]]:
     """rMLE, hybrid and the Fisher bound on the headline set (the same releases for every attack)."""
     from veil.audit.whitebox import WhiteboxConfig, whitebox_measure
@@ -177,6 +191,9 @@ def _whitebox(
     prior = (aux.targets.float() / 255.0).mean(0)
     decoders = {k: v[0] for k, v in attackers.items()}
     wks = tuple(k for k in (1, 16) if k in ks) if spec is not None else (1,)
+    # the hybrid picks its anchor on the decoder's held-out auxiliary persons (the attacker can measure it)
+    _, val_idx = split_validation(aux.paths, val_images)
+    calibration = (aux_acts[val_idx], aux.targets[val_idx]) if val_idx else None
     got = whitebox_measure(
         probe.head,
         probe.to_input,
@@ -188,6 +205,7 @@ def _whitebox(
         cfg,
         ks=wks or (1,),
         progress=progress,
+        calibration=calibration,
     )
     n = int(got.metrics.get("images", 0)) or SHOW
     rows: list[tuple[str, Tensor]] = [("original", images.targets[: min(n, SHOW)])]

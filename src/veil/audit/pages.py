@@ -77,11 +77,14 @@ def _whitebox(result: AuditResult, t: TargetResult) -> list[str]:
     for a in attacks:
         row = [a] + [_f(wb[a]["ssim"].get(k)) for k in ks] + [_f(wb[a].get("mse", {}).get(k), 4) for k in ks]
         lines.append("| " + " | ".join(row) + " |")
+    anchors = (wb.get("hybrid") or {}).get("anchor") or {}
+    if anchors:
+        picked = ", ".join(
+            f"K={k}: {'∞ (the decoder unchanged)' if v is None else f'{v:g}'}" for k, v in anchors.items()
+        )
+        lines += ["", f"Hybrid anchor weight, picked on held-out auxiliary images: {picked}."]
     fisher = wb.get("fisher")
     if fisher:
-        best = min(
-            (float(v) for a in attacks for v in wb[a].get("mse", {}).values() if v is not None), default=None
-        )
         lines += [
             "",
             "### The bound no unbiased attacker beats (dFIL)",
@@ -92,12 +95,18 @@ def _whitebox(result: AuditResult, t: TargetResult) -> list[str]:
             "(the decoder, the hybrid) are biased and may go below it, so it bounds what the release "
             "alone reveals, not every attack.",
             "",
-            "| dFIL | MSE bound (unbiased) | PSNR ceiling (dB) | best attacker MSE | projections |",
+            "| K | dFIL (± std. error) | MSE bound (unbiased) | PSNR ceiling (dB) | best measured MSE |",
             "|---|---|---|---|---|",
-            f"| {_f(fisher.get('dfil'), 3)} ± {_f(fisher.get('stderr'), 3)} | "
-            f"{_f(fisher.get('mse_bound'), 4)} | {_f(fisher.get('psnr_bound'), 1)} | {_f(best, 4)} | "
-            f"{fisher.get('projections', '–')} |",
         ]
+        for k, dfil in (fisher.get("dfil") or {}).items():
+            measured = [wb[a].get("mse", {}).get(k) for a in attacks]
+            best = min((float(v) for v in measured if v is not None), default=None)
+            lines.append(
+                f"| {k} | {_f(dfil)} ± {_f((fisher.get('stderr') or {}).get(k))} | "
+                f"{_f((fisher.get('mse_bound') or {}).get(k), 4)} | "
+                f"{_f((fisher.get('psnr_bound') or {}).get(k), 1)} | {_f(best, 4)} |"
+            )
+        lines += ["", f"{fisher.get('projections', '–')} projections per image."]
     return lines
 
 
