@@ -252,5 +252,7 @@ def run_generic_audit(
         | extras_config(extras)
     )
     result = AuditResult(config=config, floor=floor, targets=results, eval_sets=list(sets), notes=notes)
+    if extras is not None and extras.peers is not None:
+        result.peers = extras.peers(aux_set, sets, out)
     write_report(result, out, recon_rows, pictures)
     return result

@@ -56,6 +56,9 @@ class Extras:
     attacks: tuple[str, ...] = ("decoder",)
     whitebox: Any = None  # veil.audit.inversion.WhiteboxConfig when rmle/hybrid/fisher are selected
     sticky_ks: tuple[int, ...] = ()  # K for the fresh-vs-sticky comparison (default: the audit's ks)
+    #: ``veil audit --peers``: called once with the audit's images (aux, {name: eval set}) and its output
+    #: folder after every target is attacked; returns the peers' record for metrics.json and the report.
+    peers: Callable[[ImageSet, dict[str, ImageSet], Path], dict[str, Any]] | None = None
 
     @classmethod
     def parse(cls, text: str | None) -> tuple[str, ...]:

@@ -147,7 +147,8 @@ def _peers(result: AuditResult, t: TargetResult) -> list[str]:
     peers = result.peers
     if not peers:
         return []
-    lines = ["", "## Peer defences at the same split", "", "![frontier](../peers_frontier.png)", ""]
+    png = str(peers.get("png") or "peers/peers-frontier.png")
+    lines = ["", "## Peer defences at the same split", "", f"![frontier](../{png})", ""]
     verdicts = [v for v in peers.get("verdicts", []) if isinstance(v, str)]
     lines += [f"- {v}" for v in verdicts] or ["See report.md for the peers' table."]
     return lines
@@ -161,20 +162,21 @@ def peers_section(peers: dict[str, Any] | None) -> list[str]:
         "",
         "## Peer defences at the same split",
         "",
-        str(peers.get("description", "")),
-        "",
         f"![frontier]({peers.get('png', 'peers_frontier.png')})",
+        "",
+        f"Every defence at the transform's split, attacked on {peers.get('set', 'the headline set')} by the "
+        f"same decoder (and the hybrid with `--attacks hybrid`); {peers.get('metric', 'the task metric')} "
+        f"retained against the clean model's; mean-image floor {_f(peers.get('floor'))}.",
         "",
         "| defence | knob | accuracy retained | strongest attacker SSIM | attacks |",
         "|---|---|---|---|---|",
     ]
     for row in peers.get("rows", []):
-        ssim = row.get("ssim") or {}
-        best = max((float(v) for v in ssim.values() if v is not None), default=None)
+        flat = {f"{a} K={k}": v for a, per_k in (row.get("ssim") or {}).items() for k, v in per_k.items()}
+        best = max((float(v) for v in flat.values() if v is not None), default=None)
         lines.append(
-            f"| {row.get('family')} | {row.get('level')} | {_f(row.get('accuracy_retained'))} | {_f(best)} | "
-            + ", ".join(f"{k} {_f(v)}" for k, v in ssim.items())
-            + " |"
+            f"| {row.get('family')} | {row.get('level'):g} | {_f(row.get('accuracy_retained'))} | "
+            f"{_f(best)} | " + ", ".join(f"{k} {_f(v)}" for k, v in flat.items()) + " |"
         )
     lines += [""] + [f"- {v}" for v in peers.get("verdicts", []) if isinstance(v, str)]
     return lines

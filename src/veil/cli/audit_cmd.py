@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from veil.audit.choices import ATTACKS
+from veil.audit.choices import ATTACKS, PEERS
 from veil.cli.checks import check_choices, check_counts, check_size, check_writable
 from veil.cli.common import ThreadsOpt, resolve_weights, set_threads
 from veil.errors import VeilError
@@ -93,6 +93,19 @@ def audit(
     fisher_projections: int | None = typer.Option(
         None, min=2, help="Random projections per image for the Fisher-information estimate (default 8)."
     ),
+    peers: str | None = typer.Option(
+        None,
+        "--peers",
+        callback=check_choices(PEERS),
+        help="Peer defences to re-implement at the transform's split and attack alike, comma-separated or "
+        "all: gaussian, shredder, nopeek, disco, blur, downscale (needs a --model whose task scores them: "
+        "mask-compliance, faceboxes). Adds the frontier to the report.",
+    ),
+    peer_levels: str | None = typer.Option(
+        None,
+        "--peer-levels",
+        help="Each peer family's knob values, e.g. gaussian=0.5:1:2,blur=1:4 (default: three per family).",
+    ),
     seed: int = typer.Option(0, min=0, help="Seed of the attacker's own randomness."),
     threads: int | None = ThreadsOpt,
     device: str = typer.Option(
@@ -119,6 +132,8 @@ def audit(
         cfg.input_size = size
     cfg.ks = tuple(int(k) for k in ks.split(","))
     extras = _extras(attacks, inversion_steps, inversion_images, fisher_projections, cfg)
+    if peer_levels is not None and peers is None:
+        raise VeilError("--peer-levels sets the knobs of --peers: add --peers FAMILIES (or all)")
     link = LinkageConfig(seed=seed, device=cfg.device)
     if linkage_steps is not None:
         link.steps = linkage_steps
@@ -138,6 +153,10 @@ def audit(
         return
     if aux is None or not eval_dirs:
         raise VeilError("--aux and --eval are required: the attacker's images and held-out images to score")
+    if peers is not None:
+        extras.peers = _peers_hook(
+            transform, model, weights, generic, peers, peer_levels, size, cfg, extras, quiet
+        )
     if generic:
         result = _run_generic(
             transform,
@@ -209,6 +228,59 @@ def _extras(
             "budget: add --attacks rmle,hybrid,fisher (or all)"
         )
     return extras
+
+
+def _peers_hook(
+    transforms: list[Path],
+    model: str | None,
+    weights: Path | None,
+    generic: bool,
+    families: str,
+    levels: str | None,
+    size: int | None,
+    cfg: AttackConfig,
+    extras: Extras,
+    quiet: bool,
+) -> Any:
+    """``--peers``: the frontier at the audited transforms' split (one split per run), on the headline set."""
+    from veil.audit.inputs import read_transform
+    from veil.audit.peer_attacks import parse_levels, peers_hook
+
+    if not transforms:
+        raise VeilError(
+            "--peers compares peer defences at a transform's split: give --transform (veil's side)"
+        )
+    records = [read_transform(path) for path in transforms]
+    splits = {str(tr.split) for tr in records}
+    if len(splits) > 1:
+        raise VeilError(
+            f"--peers works at one split per run; these transforms are at {', '.join(sorted(splits))}"
+        )
+    names = families.split(",")
+    if generic:
+        spec = dict(records[0].meta["input_spec"])
+        side = size or int(spec["shape"][1])
+        spec["shape"] = [int(spec["shape"][0]), side, side]
+        model_spec, w = model or "", weights
+    else:
+        from veil.audit.faceboxes import input_spec
+
+        side = size or int((records[0].meta.get("input_size") or [cfg.input_size])[0])
+        spec, model_spec, w = input_spec(side), model or "faceboxes", resolve_weights(weights)
+    whitebox = extras.whitebox if "hybrid" in extras.attacks else None
+    return peers_hook(
+        model_spec,
+        w,
+        splits.pop(),
+        spec,
+        transforms,
+        names,
+        parse_levels(levels, names),
+        cfg,
+        side,
+        whitebox,
+        not quiet,
+    )
 
 
 def _vector_transforms(transforms: list[Path]) -> bool:
