@@ -65,7 +65,8 @@ def main() -> None:
         raise InputError(f"model {args.model} has no peers hook (ModelEntry.peers)")
     task = entry.peers()
     task.draws = args.draws
-    model = build_model(args.model, args.weights or entry.weights)
+    weights = args.weights or entry.weights or getattr(task, "weights", None)  # FaceBoxes: the hook's
+    model = build_model(args.model, weights)
     size = int(args.size or task.batches[0].shape[-1])
     out_size = default_output_size((size, size), args.output_size)
     cfg = AttackConfig(

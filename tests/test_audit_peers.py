@@ -53,6 +53,17 @@ def test_verdicts_on_a_synthetic_table() -> None:
     assert "veil α 0.4" not in out[0]  # 95 % < 97 %: not a match
     assert "NOT dominated" in out[1] and "no veil transform keeps 99.0%" in out[1]
     assert "NOT dominated" in out[2] and "veil α 0.4 keeps as much accuracy but leaks more" in out[2]
+    # below the mean-image floor an attacker has shown no leak: SSIMs there count as the floor
+    floored = [
+        {**_row("veil", 0.2, 0.99, 0.39), "floor": 0.40},
+        {**_row("blur", 1.0, 0.98, 0.37), "floor": 0.40},
+    ]
+    assert verdicts(floored) == [
+        "blur 1 (retained 98.0%, SSIM 0.370): dominated by veil α 0.2 (as much accuracy or more, as little "
+        "SSIM or less) (both at the mean-image floor)."
+    ]
+    above = verdicts([{**floored[0], "strongest": 0.45}, floored[1]])[0]
+    assert above.endswith("NOT dominated: veil α 0.2 keeps as much accuracy but leaks more (SSIM 0.450).")
     assert verdicts([_row("gaussian", 1.0, 0.9, 0.5)]) == [
         "gaussian 1 (retained 90.0%, SSIM 0.500): no veil transform to compare with."
     ]

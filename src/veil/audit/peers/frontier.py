@@ -3,7 +3,9 @@
 A row is one defence: ``{"family", "level", "accuracy_retained", "ssim": {attack: {K: SSIM}},
 "strongest", "floor"}`` (:func:`veil.audit.peers.run.run_peers` writes them). ``family == "veil"`` marks
 veil's own transforms, ``"clean"`` the undefended split. One defence *dominates* another at matched
-accuracy when it keeps at least as much accuracy and leaks no more (strongest attacker SSIM <=);
+accuracy when it keeps at least as much accuracy and leaks no more (strongest attacker SSIM <=, up to
+``TOLERANCE``); an SSIM at or below the row's mean-image ``floor`` counts as the floor (an attacker
+that does no better than the mean image has shown no leak, and differences below it are noise).
 :func:`verdicts` says, for every peer point, which veil transform dominates it, or that none does.
 """
 
@@ -26,6 +28,13 @@ def _label(row: dict[str, Any]) -> str:
     return f"{row['family']} {row['level']:g}"
 
 
+def leak(row: dict[str, Any]) -> float:
+    """The row's strongest SSIM, raised to its floor when it has one (below the floor: no leak shown)."""
+    floor = row.get("floor")
+    s = float(row["strongest"])
+    return max(s, float(floor)) if floor is not None and math.isfinite(float(floor)) else s
+
+
 def dominated_by(
     peer: dict[str, Any], veil_rows: Sequence[dict[str, Any]], tol: float = TOLERANCE
 ) -> list[str]:
@@ -33,8 +42,7 @@ def dominated_by(
     return [
         _label(v)
         for v in veil_rows
-        if v["accuracy_retained"] >= peer["accuracy_retained"] - 1e-9
-        and v["strongest"] <= peer["strongest"] + tol
+        if v["accuracy_retained"] >= peer["accuracy_retained"] - 1e-9 and leak(v) <= leak(peer) + tol
     ]
 
 
@@ -51,14 +59,15 @@ def verdicts(rows: Sequence[dict[str, Any]], tol: float = TOLERANCE) -> list[str
             continue
         winners = dominated_by(r, veil_rows, tol)
         if winners:
+            at_floor = " (both at the mean-image floor)" if leak(r) <= float(r.get("floor", -1)) + tol else ""
             out.append(
                 f"{head}: dominated by {', '.join(winners)} "
-                "(as much accuracy or more, as little SSIM or less)."
+                f"(as much accuracy or more, as little SSIM or less){at_floor}."
             )
             continue
         more_acc = [v for v in veil_rows if v["accuracy_retained"] >= r["accuracy_retained"] - 1e-9]
         if more_acc:
-            best = min(more_acc, key=lambda v: v["strongest"])
+            best = min(more_acc, key=leak)
             why = f"{_label(best)} keeps as much accuracy but leaks more (SSIM {best['strongest']:.3f})"
         else:
             best = max(veil_rows, key=lambda v: v["accuracy_retained"])

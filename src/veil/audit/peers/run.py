@@ -176,6 +176,11 @@ def run_peers(
     clean_model = model.eval()
     with torch.no_grad():
         clean = float(task.score(clean_model))
+    if not (math.isfinite(clean) and clean > 0):
+        raise InputError(
+            f"peers: the clean model scores {clean} on {task.metric or 'the task metric'}: nothing to retain "
+            "(wrong weights or an empty evaluation set?)"
+        )
     rows: list[dict[str, Any]] = []
 
     def add(family: str, level: float, p: Any, info: dict[str, Any]) -> None:
