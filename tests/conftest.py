@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -43,6 +44,29 @@ def run_veil(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
         text=True,
         timeout=timeout,
     )
+
+
+def run_veil_each(*commands: Sequence[str], timeout: float = 120) -> list[subprocess.CompletedProcess[str]]:
+    """:func:`run_veil` on each command, two at a time, results in the commands' order.
+
+    Every ``veil`` process spends seconds importing torch on one core before it does anything, so
+    independent commands (a run and the refusals beside it) overlap on a second core instead of queueing.
+    """
+    return _two_at_a_time([partial(run_veil, *args, timeout=timeout) for args in commands])
+
+
+def run_script_each(
+    name: str, *commands: Sequence[str], timeout: float = 300
+) -> list[subprocess.CompletedProcess[str]]:
+    """:func:`run_script` of ``scripts/NAME.py`` on each argument list, two at a time, in their order."""
+    return _two_at_a_time([partial(run_script, name, *args, timeout=timeout) for args in commands])
+
+
+def _two_at_a_time(calls: list[Callable[[], subprocess.CompletedProcess[str]]]) -> list[Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda call: call(), calls))
 
 
 def run_script(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

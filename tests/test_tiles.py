@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from conftest import run_veil
+from conftest import run_veil_each
 from veil.errors import InputError
 from veil.faceboxes.tiles import TileGrid, crops, hide_large_faces, merge, tiled
 
@@ -180,20 +180,24 @@ def test_tiles_find_the_crowd_the_private_default_loses(weights: Path, widerface
 
 @pytest.mark.slow
 def test_cli_eval_with_tiles(weights: Path, widerface_sample: Path, tmp_path: Path) -> None:
-    out = tmp_path / "tiled.json"
+    out, plain = tmp_path / "tiled.json", tmp_path / "plain.json"
     base = ["eval", "--quiet", "-d", str(widerface_sample), "-w", str(weights)]
-    done = run_veil(*base, "--tiles", "2", "--json", str(out))
+    bad_cases = (
+        (["--tiles", "9"], "--tiles must be between 1"),
+        (["--tiles", "2", "--resize", "1"], "--tiles needs a fixed input size"),
+    )
+    # independent processes, two at a time: the refusals run beside the tiled run, then the plain one
+    done, *refusals, plain_run = run_veil_each(
+        [*base, "--tiles", "2", "--json", str(out)],
+        *([*base, *bad] for bad, _ in bad_cases),
+        [*base, "--json", str(plain)],
+    )
     assert done.returncode == 0, done.stderr
     tiled_run = json.loads(out.read_text())
     assert tiled_run["meta"]["tiles"] == 2
-    plain = tmp_path / "plain.json"
-    assert run_veil(*base, "--json", str(plain)).returncode == 0
+    assert plain_run.returncode == 0
     assert tiled_run["pooled_ap"] > json.loads(plain.read_text())["pooled_ap"] + 0.05
-    for bad, message in (
-        (["--tiles", "9"], "--tiles must be between 1"),
-        (["--tiles", "2", "--resize", "1"], "--tiles needs a fixed input size"),
-    ):
-        refused = run_veil(*base, *bad)
+    for (_, message), refused in zip(bad_cases, refusals, strict=True):
         assert refused.returncode != 0 and message in refused.stderr
         assert "Traceback" not in refused.stderr
 
@@ -206,21 +210,12 @@ def test_cli_detect_with_tiles_reports_its_threshold(
     (the frame is read down to hide_score internally, to paint its large faces over)."""
     image = next(widerface_sample.rglob("12_Group_Group_12_Group_Group_12_217.jpg"))
     found = {}
-    for tiles in (1, 2):
-        out = tmp_path / f"tiles{tiles}"
-        done = run_veil(
-            "detect",
-            str(image),
-            "-w",
-            str(weights),
-            "--tiles",
-            str(tiles),
-            "--threshold",
-            "0.5",
-            "--out",
-            str(out),
-        )
+    detect = ["detect", str(image), "-w", str(weights), "--threshold", "0.5"]
+    runs = run_veil_each(
+        *([*detect, "--tiles", str(k), "--out", str(tmp_path / f"tiles{k}")] for k in (1, 2))
+    )
+    for tiles, done in zip((1, 2), runs, strict=True):
         assert done.returncode == 0, done.stderr
-        found[tiles] = json.loads((out / f"{image.stem}.json").read_text())["boxes"]
+        found[tiles] = json.loads((tmp_path / f"tiles{tiles}" / f"{image.stem}.json").read_text())["boxes"]
     assert min(b[4] for b in found[2]) >= 0.5
     assert len(found[2]) > len(found[1]) + 15, (len(found[1]), len(found[2]))  # measured: 53 -> 79 of 80

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_TRAIN, run_script, run_veil, tiny_adversarial
+from conftest import TINY_TRAIN, run_script_each, run_veil_each, tiny_adversarial
 from veil.artifact import load_transform, release_digest
 from veil.cli.tune_cmd import tune_config
 from veil.errors import InputError, TransformError
@@ -131,26 +131,33 @@ def test_a_source_of_another_split_is_refused(
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_cli_tunes_and_refuses_bad_targets(source: Path, weights: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli"
     base = ["tune-tail", "--weights", str(weights), "--steps", "3", "--samples", "4", "--quiet"]
     grids = ["--mosaic-grids", "2,4", "--scene-grids", "1,2"]
-    proc = run_veil(*base, "--transform", str(source), "--out", str(out), *grids)
+    grid_cases = [("--mosaic-grids", "8,x", "whole numbers"), ("--mosaic-grids", "", "empty")]
+    grid_cases += [("--mosaic-grids", "99", "from 1 to"), ("--scene-grids", "0", "--scene-grids must list")]
+    # the run and the refusals are independent processes: they overlap (results come back in this order)
+    proc, same, *bad_runs, missing = run_veil_each(
+        [*base, "--transform", str(source), "--out", str(out), *grids],
+        [*base, "--transform", str(source), "--out", str(source)],
+        *(
+            [*base, "-t", str(source), "-o", str(tmp_path / "g"), option, value]
+            for option, value, _ in grid_cases
+        ),
+        [*base, "--transform", str(tmp_path / "nope"), "--out", str(tmp_path / "y")],
+    )
     assert proc.returncode == 0, proc.stderr
     assert "release unchanged" in proc.stdout
     recorded = load_transform(out, weights).meta["train"]
     assert recorded["mosaic_grids"] == [2, 4] and recorded["scene_grids"] == [1, 2]
     assert recorded["freeze_release"] is True
     assert release_digest(load_transform(out, weights)) == release_digest(load_transform(source, weights))
-    same = run_veil(*base, "--transform", str(source), "--out", str(source))
     assert same.returncode == 2 and "must differ" in same.stderr and same.stderr.strip().count("\n") == 0
-    grid_cases = [("--mosaic-grids", "8,x", "whole numbers"), ("--mosaic-grids", "", "empty")]
-    grid_cases += [("--mosaic-grids", "99", "from 1 to"), ("--scene-grids", "0", "--scene-grids must list")]
-    for option, grids, says in grid_cases:
-        bad = run_veil(*base, "-t", str(source), "-o", str(tmp_path / "g"), option, grids)
+    for (_, _, says), bad in zip(grid_cases, bad_runs, strict=True):
         assert bad.returncode == 2 and says in bad.stderr and bad.stderr.strip().count("\n") == 0, bad.stderr
         assert not (tmp_path / "g").exists()
-    missing = run_veil(*base, "--transform", str(tmp_path / "nope"), "--out", str(tmp_path / "y"))
     assert missing.returncode == 2 and "not found" in missing.stderr
     assert missing.stderr.strip().count("\n") == 0
 
@@ -163,7 +170,9 @@ def test_a_diagnostic_copy_keeps_its_mark_and_is_never_sent(
     from veil.errors import VeilError
 
     copy = tmp_path / "noiseless"
-    done = run_script("scale_noise", str(source), str(copy), "--scale", "0")
+    done, refused = run_script_each(
+        "scale_noise", [str(source), str(copy), "--scale", "0"], [str(source), str(source), "--scale", "0"]
+    )
     assert done.returncode == 0, done.stderr
     a, b = load_transform(source, weights), load_transform(copy, weights)
     assert torch.equal(a.noise.mu, b.noise.mu) and torch.equal(a.noise.keep, b.noise.keep)
@@ -175,10 +184,10 @@ def test_a_diagnostic_copy_keeps_its_mark_and_is_never_sent(
     for path in (copy, tuned):  # refused before any connection is tried
         with pytest.raises(VeilError, match="diagnostic copy"):
             remote_detector("127.0.0.1:9", weights, path)
-    refused = run_script("scale_noise", str(source), str(source), "--scale", "0")
     assert refused.returncode != 0 and "OUT must differ" in refused.stderr
 
 
+@pytest.mark.slow
 def test_unsuppress_copy_sends_every_channel(source: Path, weights: Path, tmp_path: Path) -> None:
     """scripts/scale_noise.py --unsuppress: the suppressed channels come back; head block and mu stay."""
     from veil.artifact import save_transform
@@ -188,9 +197,20 @@ def test_unsuppress_copy_sends_every_channel(source: Path, weights: Path, tmp_pa
         src.noise.keep.view(-1)[:3] = False  # three suppressed channels, whatever the tiny run chose
     suppressed = tmp_path / "suppressed"
     save_transform(suppressed, src.noise, dict(src.meta), src.tail_state, src.head_state)
-    for flag, kept in (([], False), (["--unsuppress"], True)):
+    # every copy below is its own process, independent of the others: they run two at a time
+    flags = (([], False), (["--unsuppress"], True))
+    reverts = [
+        [str(suppressed), str(tmp_path / f"revert{t}"), "--scale", "0", "--drop-mu", "--revert-head", str(t)]
+        for t in (1.0, 0.5)
+    ]
+    *copies, revert1, revert05, no_weights = run_script_each(
+        "scale_noise",
+        *([str(suppressed), str(tmp_path / f"copy{len(flag)}"), "--scale", "0", *flag] for flag, _ in flags),
+        *([*cmd, "--weights", str(weights)] for cmd in reverts),
+        [str(suppressed), str(tmp_path / "no-weights"), "--scale", "0", "--drop-mu", "--revert-head", "1"],
+    )
+    for (flag, kept), done in zip(flags, copies, strict=True):
         out = tmp_path / f"copy{len(flag)}"
-        done = run_script("scale_noise", str(suppressed), str(out), "--scale", "0", *flag)
         assert done.returncode == 0, done.stderr
         copy = load_transform(out, weights)
         assert bool(copy.noise.keep.all()) is kept
@@ -199,9 +219,7 @@ def test_unsuppress_copy_sends_every_channel(source: Path, weights: Path, tmp_pa
         assert all(torch.equal(copy.head_state[k], v) for k, v in src.head_state.items())
     # --drop-mu --revert-head 1: the clean activation (the base block, no mu); 0.5 lies halfway
     base = create_model("faceboxes", weights=weights).split(src.meta["split"])[0].state_dict()
-    for t in (1.0, 0.5):
-        cmd = [str(suppressed), str(tmp_path / f"revert{t}"), "--scale", "0", "--drop-mu", "--revert-head"]
-        done = run_script("scale_noise", *cmd, str(t), "--weights", str(weights))
+    for t, done in ((1.0, revert1), (0.5, revert05)):
         assert done.returncode == 0, done.stderr
         copy = load_transform(tmp_path / f"revert{t}", weights)
         assert float(copy.noise.mu.abs().max()) == 0.0 < float(src.noise.mu.abs().max())
@@ -211,5 +229,4 @@ def test_unsuppress_copy_sends_every_channel(source: Path, weights: Path, tmp_pa
         assert moved, "the tiny run's head block never moved"
         for k in moved:
             assert torch.allclose(copy.head_state[k], (1 - t) * src.head_state[k] + t * base[k], atol=1e-6), k
-    no_weights = run_script("scale_noise", *cmd, "1")
     assert no_weights.returncode != 0 and "needs --weights" in no_weights.stderr
