@@ -128,7 +128,7 @@ def task(mask_scenes: Path) -> Any:
     torch.set_num_threads(1)
     from veil.mask_compliance.peers import peers
 
-    return peers(mask_scenes, max_train=96, max_test=240, batch=16, draws=1)
+    return peers(mask_scenes, max_train=64, max_test=240, batch=16, draws=1)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_more_of_each_knob_costs_task_score(model: Any, task: Any) -> None:
 
 
 def test_nopeek_dcor_falls_with_lambda(model: Any, task: Any) -> None:
-    cfg = PeerConfig(steps=15, progress=False, lr_head=1e-3)
+    cfg = PeerConfig(steps=10, progress=False, lr_head=1e-3)
     (_, none), (_, strong) = build_peers(model, "features.11", "nopeek", [0.0, 30.0], task, cfg)
     assert strong.meta["peer"]["dcor_last"] < none.meta["peer"]["dcor_last"] - 0.05
     assert none.head_trained and strong.head_trained
