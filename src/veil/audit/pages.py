@@ -59,7 +59,7 @@ def _whitebox(result: AuditResult, t: TargetResult) -> list[str]:
     wb = t.sets.get(primary or "", {}).get("whitebox") if primary else None
     if not wb:
         return []
-    floor = result.floor[primary]["ssim"]  # type: ignore[index]
+    floor = float((wb.get("floor") or {}).get("ssim", result.floor[primary]["ssim"]))  # type: ignore[index]
     attacks = [a for a in ("decoder", "rmle", "hybrid") if a in wb]
     ks = sorted({k for a in attacks for k in wb[a].get("ssim", {})}, key=int)
     lines = [
@@ -69,7 +69,7 @@ def _whitebox(result: AuditResult, t: TargetResult) -> list[str]:
         "rMLE (He et al., ACSAC 2019): an image optimised so that the head's output explains the release "
         "under the transform's Gaussian likelihood, with a total-variation prior, started from the mean "
         "auxiliary image; hybrid: the same, started from (and anchored to) the decoder's reconstruction. "
-        f"Budget: {_budget(wb.get('budget'))}. Mean-image floor {floor:.3f}.",
+        f"Budget: {_budget(wb.get('budget'))}. Mean-image floor on these images {floor:.3f}.",
         "",
         "| attack | " + " | ".join([f"SSIM K={k}" for k in ks] + [f"MSE K={k}" for k in ks]) + " |",
         "|---|" + "---|" * (2 * len(ks)),
