@@ -11,6 +11,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,10 @@ from veil.artifact import Transform, load_transform, release_digest
 from veil.audit.attack import AttackConfig, ImageSet, NoiseSpec, head_activations
 from veil.audit.decoder import ARCHITECTURE
 from veil.audit.linkage import LinkageConfig
-from veil.audit.loop import Extras, Probe, attack_target, extras_config
-from veil.audit.measure import SHOW, set_name, summary
+from veil.audit.loop import AuditRun, Extras
 from veil.audit.measure import floor as mean_floor
-from veil.audit.report import AuditResult, TargetResult, write_report
+from veil.audit.measure import set_name
+from veil.audit.report import AuditResult, TargetResult
 from veil.errors import InputError
 from veil.faceboxes.pipeline import transform_head
 from veil.faceboxes.registry import create_model, split_model
@@ -170,14 +171,7 @@ def run_audit(
             )
         return cache[key]
 
-    notes: list[str] = []
-    results: list[TargetResult] = []
-    recon_rows: list[tuple[str, Tensor]] = []
-    primary = next(iter(sets), None)
-    if primary is not None:
-        recon_rows.append(("original", sets[primary].targets[:SHOW]))
-    (out / "attackers").mkdir(parents=True, exist_ok=True)
-    pictures: dict[str, list[tuple[str, Tensor]]] = {}
+    run = AuditRun(aux_set, sets, cfg, link_cfg, out, extras or Extras(), progress)
     for target in tqdm(targets, desc="audit", disable=not progress):
         a = acts(target, "aux")
         spec = NoiseSpec.of(target.noise.noise, a.shape[1:]) if target.noise else None
@@ -197,52 +191,20 @@ def run_audit(
                 res.ap, res.ap_retained = float(row["ap"]), float(row["retained"])
             own = int(tr.meta.get("input_size", [target.size])[0])
             if own != target.size:
-                notes.append(
+                run.notes.append(
                     f"{target.name}: per-channel transform trained at {own}² audited at {target.size}² "
                     "(cheaper proxy; audit at its own size for the release numbers)."
                 )
-        probe = None
-        if extras is not None and extras.whitebox_attacks:
-            from veil.audit.whitebox import input_map
-
-            probe = Probe(heads[target.head_key], input_map(input_spec(target.size), (target.size,) * 2))
-        done = attack_target(
-            res,
-            a,
-            lambda which, t=target: acts(t, which),  # type: ignore[misc]
-            spec,
-            aux_set,
-            sets,
-            cfg,
-            link_cfg,
-            out,
-            extras=extras,
-            probe=probe,
-            progress=progress,
-        )
-        notes += done.notes
-        pictures[res.name] = done.recon
-        if done.overview is not None:
-            label = target.name if target.noise is None else f"{target.name} (α={res.alpha:g})"
-            recon_rows.append((label, done.overview))
-        results.append(res)
-        if progress:
-            tqdm.write(summary(res, primary))
-    config = (
-        asdict(cfg)
-        | {
-            "architecture": ARCHITECTURE,
-            "aux": str(aux),
-            "aux_images": len(aux_paths),
-            "linkage_steps": link_cfg.steps,
-            "model": model_name,
-            "weights": str(weights),
-            "sweep": str(sweep) if sweep else None,
-        }
-        | extras_config(extras)
-    )
-    result = AuditResult(config=config, floor=floor, targets=results, eval_sets=list(sets), notes=notes)
-    if extras is not None and extras.peers is not None:
-        result.peers = extras.peers(aux_set, sets, out)
-    write_report(result, out, recon_rows, pictures)
-    return result
+        side = (target.size, target.size)
+        head = heads[target.head_key]
+        run.attack(res, a, partial(acts, target), spec, head, input_spec(target.size), side)
+    config = asdict(cfg) | {
+        "architecture": ARCHITECTURE,
+        "aux": str(aux),
+        "aux_images": len(aux_paths),
+        "linkage_steps": link_cfg.steps,
+        "model": model_name,
+        "weights": str(weights),
+        "sweep": str(sweep) if sweep else None,
+    }
+    return run.finish(config, floor)

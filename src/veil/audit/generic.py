@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,10 @@ from veil.audit.attack import AttackConfig, ImageSet, NoiseSpec
 from veil.audit.decoder import ARCHITECTURE, plan
 from veil.audit.inputs import activations, image_spec, load_protected, read_transform
 from veil.audit.linkage import LinkageConfig
-from veil.audit.loop import Extras, Probe, attack_target, extras_config
-from veil.audit.measure import SHOW, set_name, summary
+from veil.audit.loop import AuditRun, Extras
 from veil.audit.measure import floor as mean_floor
-from veil.audit.report import AuditResult, TargetResult, write_report
+from veil.audit.measure import set_name
+from veil.audit.report import AuditResult, TargetResult
 from veil.errors import InputError
 from veil.imageio import list_images
 
@@ -178,15 +179,7 @@ def run_generic_audit(
             )
         return cache[key]
 
-    notes: list[str] = []
-    results: list[TargetResult] = []
-    primary = next(iter(sets), None)
-    recon_rows: list[tuple[str, Tensor]] = []
-    if primary is not None:
-        recon_rows.append(("original", sets[primary].targets[:SHOW]))
-    (out / "attackers").mkdir(parents=True, exist_ok=True)
-    linkage_done = False
-    pictures: dict[str, list[tuple[str, Tensor]]] = {}
+    run = AuditRun(aux_set, sets, cfg, link_cfg, out, extras or Extras(), progress)
     for target in tqdm(targets, desc="audit", disable=not progress):
         a = acts(target, "aux")
         p = target.protected
@@ -203,56 +196,21 @@ def run_generic_audit(
             res.alpha, res.granularity = float(p.alpha), p.noise.granularity
             res.transform, res.mean_sigma = str(target.path), float(p.noise.mean_sigma())
             res.release_sha256 = release_digest(tr)
-        probe = None
-        if extras is not None and extras.whitebox_attacks:
-            from veil.audit.whitebox import input_map
-
-            probe = Probe(target.head, input_map(target.spec, target.size))
-        done = attack_target(
-            res,
-            a,
-            lambda which, t=target: acts(t, which),  # type: ignore[misc]
-            spec,
-            aux_set,
-            sets,
-            cfg,
-            link_cfg,
-            out,
-            extras=extras,
-            probe=probe,
-            progress=progress,
-        )
-        linkage_done |= done.linked
-        notes += done.notes
-        pictures[res.name] = done.recon
-        if done.overview is not None:
-            label = target.name if p is None else f"{target.name} (α={res.alpha:g})"
-            recon_rows.append((label, done.overview))
-        results.append(res)
-        if progress:
-            tqdm.write(summary(res, primary))
-    if not linkage_done:
-        notes.append(
+        run.attack(res, a, partial(acts, target), spec, target.head, target.spec, target.size)
+    if not run.linked:
+        run.notes.append(
             "Linkage: not applicable here, no auxiliary or evaluation image names carry an identity "
             "(LFW-style Person_Name_0001.jpg); the verifier works on any (C, h, w) wire when they do."
         )
-    config = (
-        asdict(cfg)
-        | {
-            "architecture": ARCHITECTURE,
-            "aux": str(aux),
-            "aux_images": len(aux_paths),
-            "linkage_steps": link_cfg.steps,
-            "model": model_spec,
-            "weights": str(weights) if weights else None,
-            "sweep": None,
-            "kind": "generic",
-            "transforms": [str(path) for path, _ in loaded],
-        }
-        | extras_config(extras)
-    )
-    result = AuditResult(config=config, floor=floor, targets=results, eval_sets=list(sets), notes=notes)
-    if extras is not None and extras.peers is not None:
-        result.peers = extras.peers(aux_set, sets, out)
-    write_report(result, out, recon_rows, pictures)
-    return result
+    config = asdict(cfg) | {
+        "architecture": ARCHITECTURE,
+        "aux": str(aux),
+        "aux_images": len(aux_paths),
+        "linkage_steps": link_cfg.steps,
+        "model": model_spec,
+        "weights": str(weights) if weights else None,
+        "sweep": None,
+        "kind": "generic",
+        "transforms": [str(path) for path, _ in loaded],
+    }
+    return run.finish(config, floor)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from veil.audit.attack import (
     AttackConfig,
@@ -35,8 +36,8 @@ from veil.audit.attack import (
 )
 from veil.audit.choices import ATTACKS
 from veil.audit.linkage import LinkageConfig, linkage_auc, train_verifier
-from veil.audit.measure import SHOW, measure, released, slug
-from veil.audit.report import TargetResult
+from veil.audit.measure import SHOW, measure, released, slug, summary
+from veil.audit.report import AuditResult, TargetResult, write_report
 from veil.audit.store import save_attacker
 from veil.errors import InputError
 
@@ -88,6 +89,72 @@ class Outcome:
     overview: Tensor | None = None  # the decoder's row for the audit-wide reconstructions.png
     notes: list[str] = field(default_factory=list)
     linked: bool = False  # a linkage pair was scored
+
+
+@dataclass
+class AuditRun:
+    """What every target of one audit shares, and what the audit collects from them for the report."""
+
+    aux: ImageSet
+    sets: dict[str, ImageSet]
+    cfg: AttackConfig
+    link_cfg: LinkageConfig
+    out: Path
+    extras: Extras
+    progress: bool = True
+    results: list[TargetResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    recon_rows: list[tuple[str, Tensor]] = field(default_factory=list)  # the audit-wide reconstructions.png
+    pictures: dict[str, list[tuple[str, Tensor]]] = field(default_factory=dict)  # per target page
+    linked: bool = False  # some target's images carried identities (the linkage attack ran)
+
+    def __post_init__(self) -> None:
+        (self.out / "attackers").mkdir(parents=True, exist_ok=True)
+        if self.primary is not None:
+            self.recon_rows.append(("original", self.sets[self.primary].targets[:SHOW]))
+
+    @property
+    def primary(self) -> str | None:
+        return next(iter(self.sets), None)
+
+    def attack(
+        self,
+        res: TargetResult,
+        aux_acts: Tensor,
+        acts: Callable[[str], Tensor],
+        spec: NoiseSpec | None,
+        head: nn.Module,
+        input_spec: dict[str, Any],
+        size: tuple[int, int],
+    ) -> None:
+        """Every selected attack on one target (``head`` at ``size`` per ``input_spec``); ``res`` is kept."""
+        probe = None
+        if self.extras.whitebox_attacks:
+            from veil.audit.whitebox import input_map
+
+            probe = Probe(head, input_map(input_spec, size))
+        done = attack_target(
+            res, aux_acts, acts, spec, self.aux, self.sets, self.cfg, self.link_cfg, self.out,
+            extras=self.extras, probe=probe, progress=self.progress,
+        )  # fmt: skip
+        self.linked |= done.linked
+        self.notes += done.notes
+        self.pictures[res.name] = done.recon
+        if done.overview is not None:
+            label = res.name if res.alpha is None else f"{res.name} (α={res.alpha:g})"
+            self.recon_rows.append((label, done.overview))
+        self.results.append(res)
+        if self.progress:
+            tqdm.write(summary(res, self.primary))
+
+    def finish(self, config: dict[str, Any], floor: dict[str, dict[str, float]]) -> AuditResult:
+        """The peers (if asked), then report.md, metrics.json, the pages and the figures."""
+        config = config | extras_config(self.extras)
+        result = AuditResult(config, floor, self.results, list(self.sets), self.notes)
+        if self.extras.peers is not None:
+            result.peers = self.extras.peers(self.aux, self.sets, self.out)
+        write_report(result, self.out, self.recon_rows, self.pictures)
+        return result
 
 
 def attack_target(
