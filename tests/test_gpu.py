@@ -58,7 +58,7 @@ def test_cuda_noise_is_fresh_seeded_and_calibrated() -> None:
     x = torch.randn(64, 128, 32, 32, device="cuda")
     with torch.inference_mode():
         a, b = noise(x), noise(x)
-    assert a.is_cuda and not torch.equal(a, b)  # OS entropy per call, drawn on the device
+    assert a.is_cuda and not torch.equal(a, b)  # a 63-bit seed from OS entropy per call, drawn on the device
     dropped = ~noise.keep.view(128)
     assert 0 < int(dropped.sum()) < 128
     mu = noise.mu.detach().view(128)

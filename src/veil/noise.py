@@ -16,11 +16,12 @@ Any rank: ``shape`` is the activation without its batch dimension — (C, H, W) 
 default 0, the channels of an image; ``-1`` for tokens: one per feature, shared by every position) and works
 at any size along the other axes; a per-element transform needs exactly ``shape``.
 
-Every release draws fresh noise from the operating system's cryptographic source (:mod:`veil.entropy`:
-``os.urandom``, never a seeded ``torch`` generator, whose CPU version keeps only 32 bits of its seed), so
-whoever receives the output cannot predict, replay or search for the noise. Training steps (the module in
-training mode with gradients on, whose noise never leaves the machine) draw from a generator seeded from OS
-entropy, which is faster on a GPU; ``seed=`` makes both reproducible, for tests only. Opt-in sticky noise
+Every release on the CPU draws fresh noise from the operating system's cryptographic source
+(:mod:`veil.entropy`: ``os.urandom``), never from a seeded ``torch`` CPU generator, which keeps only 32 bits
+of its seed; on a GPU, from the CUDA generator (Philox, which keeps the whole 63-bit seed drawn from OS
+entropy per call, far beyond search). Whoever receives the output cannot predict, replay or search for the
+noise. Training steps (training mode with gradients on, noise that never leaves the machine) use the seeded
+generator; ``seed=`` makes every path reproducible, for tests only. Opt-in sticky noise
 (``forward(x, seeds=...)``, :mod:`veil.sticky`) gives a repeated input the same noise instead.
 """
 
@@ -194,7 +195,8 @@ class NoiseTransform(nn.Module):
 
     def _fresh(self, x: Tensor) -> Tensor:
         """Fresh N(0, 1) noise shaped like ``x``: from ``os.urandom`` for anything that may be released."""
-        if self._seed is not None or (self.training and torch.is_grad_enabled()):
+        training = self.training and torch.is_grad_enabled()
+        if self._seed is not None or training or x.device.type == "cuda":  # CUDA keeps all 63 bits of a seed
             return torch.randn(x.shape, generator=self._generator(x.device), device=x.device, dtype=x.dtype)
         return secure_normal(x.shape, x.dtype, x.device)
 

@@ -279,9 +279,10 @@ def _whitebox(
     )
     n = int(got.metrics.get("images", 0)) or SHOW
     rows: list[tuple[str, Tensor]] = [("original", images.targets[: min(n, SHOW)])]
-    for attack in ("decoder", "rmle", "hybrid"):
-        for k, recon in sorted(got.recons.get(attack, {}).items()):
-            rows.append((f"{attack} K={k}", recon[:SHOW]))
+    for attack in ("decoder", "rmle", "hybrid"):  # K = 1 for each; the largest K the decoder's only
+        recons = got.recons.get(attack, {})
+        for k in sorted(recons)[:1] + (sorted(recons)[1:][-1:] if attack == "decoder" else []):
+            rows.append((f"{attack} K={k}", recons[k][:SHOW]))
     return got.metrics, rows
 
 
