@@ -57,6 +57,9 @@ def main() -> None:
     ap.add_argument("--tail-steps", type=int, default=100)
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--hybrid", action="store_true", help="add the white-box hybrid attack on every defence")
+    ap.add_argument("--inversion-steps", type=int, default=100, help="the hybrid's steps (with --hybrid)")
+    ap.add_argument("--inversion-images", type=int, default=8, help="evaluation images it inverts")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     start = time.time()
@@ -85,6 +88,13 @@ def main() -> None:
     if transforms is None:
         transforms = [str(p) for p in entry.transforms()] if entry.transforms is not None else []
     families = [f for f in args.families.split(",") if f]
+    extra = None
+    if args.hybrid:
+        from veil.audit.peer_attacks import hybrid_attack
+        from veil.audit.whitebox import WhiteboxConfig
+
+        wb = WhiteboxConfig(hybrid_steps=args.inversion_steps, images=args.inversion_images)
+        extra = hybrid_attack(_input_spec(args.model, transforms, size), wb, cfg.ks)
     res = run_peers(
         model,
         args.split or entry.split or "",
@@ -97,23 +107,40 @@ def main() -> None:
         transforms,
         PeerConfig(steps=args.peer_steps, tail_steps=args.tail_steps, progress=True),
         size=size,
+        extra_attack=extra,
         out=args.out,
         model_name=args.model,
     )
     res["seconds"] = time.time() - start
     (args.out / "peers.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
     print(f"floor {res['floor']:.3f}; clean {task.metric} {res['clean_metric']:.3f}")
-    print("| defence | level | retained | SSIM decoder K=1 | K=16 | strongest |")
-    print("|---|---|---|---|---|---|")
+    print("| defence | level | retained | SSIM decoder K=1 | K=16 | hybrid K=1 | K=16 | strongest |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in res["rows"]:
-        d = r["ssim"]["decoder"]
-        k16 = d.get("16", float("nan"))
+        d, h = r["ssim"]["decoder"], r["ssim"].get("hybrid", {})
+        cells = [d.get("1"), d.get("16"), h.get("1"), h.get("16")]
         print(
-            f"| {r['family']} | {r['level']:g} | {r['accuracy_retained']:.1%} | {d['1']:.3f} | {k16:.3f} "
-            f"| {r['strongest']:.3f} |"
+            f"| {r['family']} | {r['level']:g} | {r['accuracy_retained']:.1%} | "
+            + " | ".join("–" if v is None else f"{v:.3f}" for v in cells)
+            + f" | {r['strongest']:.3f} |"
         )
     print("\n".join(res["verdicts"]))
     print(f"{res['png']} ({res['seconds']:.0f} s)")
+
+
+def _input_spec(model: str, transforms: list[str], size: int) -> dict[str, object]:
+    """How the white-box attacker maps [0, 1] images to the model's input (FaceBoxes: BGR minus its mean)."""
+    if model == "faceboxes":
+        from veil.audit.faceboxes import input_spec
+
+        return input_spec(size)
+    if not transforms:
+        raise InputError("--hybrid needs a --transform whose input spec says how images are prepared")
+    from veil.audit.inputs import read_transform
+
+    spec = dict(read_transform(transforms[0]).meta["input_spec"])
+    spec["shape"] = [int(spec["shape"][0]), size, size]
+    return spec
 
 
 if __name__ == "__main__":
