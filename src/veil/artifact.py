@@ -38,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from veil.errors import TransformError, VeilError
+from veil.errors import TransformError, VeilError, brief
 from veil.files import follow_umask
 from veil.models.checkpoint import sha256_file
 from veil.noise import NoiseTransform
@@ -314,12 +314,12 @@ def _build_noise(path: Path, meta: dict[str, Any], tensors: dict[str, Tensor]) -
             feature_axis=int(meta.get("feature_axis", 0)),
         )
     except (KeyError, TypeError, ValueError, VeilError) as exc:
-        why = " ".join(str(exc).split())[:120]
+        why = brief(exc, 120)
         raise TransformError(f"{path / META}: bad noise settings ({why})") from None
     try:
         noise.load_tensors(tensors, "noise.")
     except (KeyError, RuntimeError) as exc:
-        why = " ".join(str(exc).split())[:160]
+        why = brief(exc, 160)
         raise TransformError(f"{path}: noise tensors missing or of the wrong shape ({why})") from None
     return noise
 
@@ -353,7 +353,7 @@ def load_transform(
     try:
         tensors = load_file(str(path / TENSORS))
     except (SafetensorError, OSError) as exc:
-        raise TransformError(f"{path / TENSORS}: unreadable ({str(exc)[:100]})") from None
+        raise TransformError(f"{path / TENSORS}: unreadable ({brief(exc, 100)})") from None
     tail = {k.removeprefix("tail."): v for k, v in tensors.items() if k.startswith("tail.")} or None
     head = {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")} or None
     if bool(meta.get("has_head")) != (head is not None):

@@ -33,3 +33,16 @@ class TransformError(VeilError):
 
 class ServingError(VeilError):
     """The Triton side: exporting, starting or reaching a server, or a request it refused."""
+
+
+def brief(text: object, limit: int = 160) -> str:
+    """``text`` on one line (whitespace collapsed), cut at a word boundary with "…" when over ``limit`` chars.
+
+    For quoting a library's exception inside veil's own one-line error without cutting a word in half.
+    """
+    line = " ".join(str(text).split())
+    if len(line) <= limit:
+        return line
+    cut = line[: max(1, limit - 1)]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;:") + "…"

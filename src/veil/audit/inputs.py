@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from veil.artifact import GENERIC, Transform, load_transform
-from veil.errors import CheckpointError, InputError, TransformError, VeilError
+from veil.errors import CheckpointError, InputError, TransformError, VeilError, brief
 
 NORMALISATION_KEYS = ("mean", "std", "scale", "resize", "channels")
 CHANNEL_ORDERS = ("RGB", "BGR")
@@ -170,7 +170,7 @@ def activations(
         try:
             act = head(x)
         except RuntimeError as exc:  # e.g. a head with a fixed-size layer at another --size
-            first = " ".join(str(exc).split())[:160]
+            first = brief(exc, 160)
             raise InputError(f"the head fails on {size[0]}x{size[1]} inputs ({first}): omit --size") from None
         if not isinstance(act, Tensor) or act.dim() != 4:
             raise InputError(f"the head gives {getattr(act, 'shape', type(act).__name__)}, not (B, C, h, w)")
@@ -202,7 +202,7 @@ def load_model(spec: str, weights: str | Path | None = None) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = " ".join(str(exc).split())[:160]
+        first = brief(exc, 160)
         raise CheckpointError(
             f"{weights}: not a state dict of model {spec!r} ({first}): pass the weights it was trained with"
         ) from None
@@ -218,7 +218,7 @@ def load_protected(path: Path, model: nn.Module) -> Any:
     except VeilError:
         raise
     except Exception as exc:  # the user's model may fail to trace or run in many ways
-        first = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        first = brief(f"{type(exc).__name__}: {exc}", 200)
         raise TransformError(f"{path}: cannot rebuild the transform around this model ({first})") from None
 
 

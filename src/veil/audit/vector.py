@@ -38,7 +38,7 @@ from tqdm import tqdm
 from veil.artifact import Transform, release_digest
 from veil.audit.attack import NoiseSpec
 from veil.audit.inputs import load_model, load_protected, read_transform
-from veil.errors import InputError
+from veil.errors import InputError, brief
 
 
 @dataclass
@@ -193,7 +193,7 @@ def read_rows(path: Path, features: int | None = None) -> tuple[np.ndarray, list
             names = [h.strip() for h in path.open().readline().strip().split(",")]
             data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
     except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read rows ({' '.join(str(exc).split())[:120]})") from None
+        raise InputError(f"{path}: cannot read rows ({brief(exc, 120)})") from None
     data = np.asarray(data, dtype=np.float32)
     if data.ndim != 2 or not len(data) or not np.isfinite(data).all():
         raise InputError(f"{path}: need a 2-D table of finite numbers, got shape {data.shape}")

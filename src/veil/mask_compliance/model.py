@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from veil.errors import CheckpointError
+from veil.errors import CheckpointError, brief
 from veil.mask_compliance.data import CLASSES, INPUT_SIZE
 
 #: Where the shipped weights live, relative to ``veil/assets`` (listed in its SHA256SUMS).
@@ -61,7 +61,7 @@ def load_classifier(weights: str | Path | None = None) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = " ".join(str(exc).split())[:160]
+        first = brief(exc, 160)
         raise CheckpointError(f"{path}: not MobileNetV3-Small 3-class weights ({first})") from None
     return model.eval()
 

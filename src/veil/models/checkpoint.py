@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from veil.errors import CheckpointError
+from veil.errors import CheckpointError, brief
 
 KeyMap = Callable[[str], str]
 
@@ -86,17 +86,19 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "Unsupported global" in str(exc):  # a class or function: code, not tensors
-            raise CheckpointError(f"{path}: refused, it holds more than tensors ({first[:120]})") from exc
+            raise CheckpointError(
+                f"{path}: refused, it holds more than tensors ({brief(first, 120)})"
+            ) from exc
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, corrupt pickle") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({first[:120]})"
+            f"{path}: not a readable PyTorch checkpoint, truncated or corrupt ({brief(first, 120)})"
         ) from exc
     except (KeyError, IndexError, TypeError, AttributeError, struct.error, UnicodeDecodeError) as exc:
         # what the unpickler raises on bytes that only start like a pickle (e.g. "pop from empty list")
         raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint, corrupt ({type(exc).__name__}: {str(exc)[:80]})"
+            f"{path}: not a readable PyTorch checkpoint, corrupt ({type(exc).__name__}: {brief(exc, 80)})"
         ) from exc
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]

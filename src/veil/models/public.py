@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from veil.errors import UnknownModelError, VeilError
+from veil.errors import UnknownModelError, VeilError, brief
 
 if TYPE_CHECKING:
     from torch import nn
@@ -369,7 +369,7 @@ def build_model(spec: str, weights: str | Path | None = None) -> nn.Module:
         raise
     except Exception as exc:  # user code: anything may go wrong
         raise ModelRegistryError(
-            f"model {spec!r}: its factory failed ({' '.join(f'{type(exc).__name__}: {exc}'.split())[:200]})"
+            f"model {spec!r}: its factory failed ({brief(f'{type(exc).__name__}: {exc}', 200)})"
         ) from exc
     from torch import nn
 

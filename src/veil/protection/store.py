@@ -60,7 +60,7 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from veil.artifact import GENERIC, load_transform, save_transform, state_fingerprint
-from veil.errors import InputError, TransformError
+from veil.errors import InputError, TransformError, brief
 from veil.models.adapter import fit_tail
 from veil.protection.adapter import adapted
 
@@ -170,7 +170,7 @@ def _traced_tail(p: Protected) -> tuple[bytes | None, str | None]:
         ):
             return None, "the traced tail does not reproduce the tail's outputs"
     except Exception as exc:  # tracing fails in many ways (data-dependent control flow, odd outputs)
-        return None, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        return None, f"{type(exc).__name__}: {brief(exc, 200)}"
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit.save "deprecated": Triton still loads it

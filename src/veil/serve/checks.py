@@ -22,6 +22,8 @@ import json
 import re
 from typing import Any
 
+from veil.errors import brief
+
 #: The JSON part of a request (the whole body unless ``Inference-Header-Content-Length`` splits off
 #: binary tensors). A JSON-encoded batch-1 activation is ~2.7 MB; binary requests need a few hundred
 #: bytes. Bounds the guard's own parse (Triton itself accepted 21.6 MB).
@@ -88,7 +90,7 @@ def parse_json(raw: bytes) -> Any | Problem:
     except RecursionError:
         return 400, f"request JSON nested deeper than {MAX_JSON_DEPTH} levels"
     except (UnicodeDecodeError, ValueError) as exc:
-        return 400, f"request JSON does not parse: {str(exc)[:120]}"
+        return 400, f"request JSON does not parse: {brief(exc, 120)}"
     if _depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         return 400, f"request JSON nested deeper than {MAX_JSON_DEPTH} levels"
     return value

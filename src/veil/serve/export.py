@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from veil.errors import ServingError
+from veil.errors import ServingError, brief
 from veil.models.adapter import fit_tail
 from veil.serve.spec import FACEBOXES, ServedSpec, config_text
 from veil.serve.validate import (
@@ -219,7 +219,7 @@ def load_torchscript(
         try:
             module = torch.jit.load(path if isinstance(path, io.BytesIO) else str(path), map_location=device)
         except (RuntimeError, ValueError, OSError) as exc:
-            raise ServingError(f"{path}: cannot load TorchScript ({str(exc).splitlines()[0][:120]})") from exc
+            raise ServingError(f"{path}: cannot load TorchScript ({brief(exc, 120)})") from exc
     return module.eval()
 
 

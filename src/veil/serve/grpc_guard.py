@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 from tritonclient.grpc import service_pb2
 
-from veil.errors import ServingError
+from veil.errors import ServingError, brief
 from veil.serve.checks import GRPC_APIS, MAX_BODY_BYTES, RESTRICTED, batch_problem, restricted_message
 from veil.serve.validate import ACCESS_HEADER, MAX_BATCH_SIZE
 
@@ -84,7 +84,7 @@ class GrpcGuard:
         try:
             parsed = service_pb2.ModelInferRequest.FromString(request)
         except Exception as exc:  # protobuf's DecodeError
-            return f"ModelInferRequest does not parse: {str(exc)[:80]}"
+            return f"ModelInferRequest does not parse: {brief(exc, 80)}"
         return batch_problem([list(i.shape) for i in parsed.inputs], self.max_batch_size)
 
     def _refuse(

@@ -19,7 +19,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 
-from veil.errors import ServingError
+from veil.errors import ServingError, brief
 from veil.serve.checks import (
     MAX_BODY_BYTES,
     RESTRICTED,
@@ -253,7 +253,7 @@ class HttpGuard:
         except asyncio.CancelledError:
             pass  # the guard is stopping: close this connection quietly
         except Exception as exc:  # one line, never a traceback per request; this connection only
-            log.warning("veil guard: dropped a connection: %s: %s", type(exc).__name__, str(exc)[:200])
+            log.warning("veil guard: dropped a connection: %s: %s", type(exc).__name__, brief(exc, 200))
             writer.write(_reply(500, "Internal Server Error", "the guard could not handle this request"))
         finally:
             for w in (writer, up_writer):

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from veil.errors import CheckpointError
+from veil.errors import CheckpointError, brief
 
 FEATURES, HIDDEN, CLASSES = 30, 64, 2
 #: The shipped weights, relative to ``veil/assets`` (``scripts/train_breast_cancer.py``; SHA-256 in its
@@ -83,6 +83,6 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = " ".join(str(exc).split())[:160]
+        first = brief(exc, 160)
         raise CheckpointError(f"{path}: not breast-cancer-mlp weights ({first})") from None
     return model.eval()
