@@ -118,16 +118,23 @@ def prepare(images: Sequence[Tensor], spec: dict[str, Any], size: tuple[int, int
     mean, std, scale = check_normalisation(spec.get("normalisation"), channels)
     bgr = channel_order(spec) == "BGR"
     batch = torch.stack([_resize(img, size, bgr) for img in images]).clamp_(0, 255)
+    return normalise(batch, channels, bgr, scale, mean, std).to(getattr(torch, str(spec["dtype"])))
+
+
+def normalise(
+    x: Tensor, channels: int, bgr: bool, scale: float, mean: Tensor | None, std: Tensor | None
+) -> Tensor:
+    """0-255 RGB images at the input size -> the model's input: grey or BGR, scaled, minus mean, over std."""
     if channels == 1:
-        batch = batch.mean(1, keepdim=True)
+        x = x.mean(1, keepdim=True)
     elif bgr:
-        batch = batch.flip(1)
-    batch = batch * scale
+        x = x.flip(1)
+    x = x * scale
     if mean is not None:
-        batch = batch - mean
+        x = x - mean.to(x.device)
     if std is not None:
-        batch = batch / std
-    return batch.to(getattr(torch, str(spec["dtype"])))
+        x = x / std.to(x.device)
+    return x
 
 
 def channel_order(spec: dict[str, Any]) -> str:

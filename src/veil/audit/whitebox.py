@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from veil.audit.attack import Attacker, NoiseSpec, decode
 from veil.audit.fisher import fisher_bound
-from veil.audit.inputs import channel_order, check_normalisation
+from veil.audit.inputs import channel_order, check_normalisation, normalise
 from veil.audit.inversion import InversionConfig, hybrid, invert
 from veil.audit.metrics import psnr, ssim, to_unit
 from veil.errors import InputError
@@ -57,16 +57,7 @@ def input_map(spec: dict[str, Any], size: tuple[int, int]) -> Callable[[Tensor],
         x = x01 * 255.0
         if tuple(x.shape[-2:]) != (h, w):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=not bgr)
-        if channels == 1:
-            x = x.mean(1, keepdim=True)
-        elif bgr:
-            x = x.flip(1)
-        x = x * scale
-        if mean is not None:
-            x = x - mean.to(x.device)
-        if std is not None:
-            x = x / std.to(x.device)
-        return x
+        return normalise(x, channels, bgr, scale, mean, std)
 
     return to_input
 
