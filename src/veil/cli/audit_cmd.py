@@ -85,7 +85,10 @@ def audit(
         "sticky (fresh vs sticky noise under repeated queries).",
     ),
     inversion_steps: int | None = typer.Option(
-        None, min=1, help="rMLE optimisation steps per image batch (default 200; the hybrid takes half)."
+        None,
+        min=1,
+        help="rMLE optimisation steps per image batch (default 200, the hybrid 200 too; given, the hybrid "
+        "takes half).",
     ),
     inversion_images: int | None = typer.Option(
         None, min=1, help="Headline-set images the white-box attacks invert and bound (default 16)."
