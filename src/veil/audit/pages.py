@@ -196,15 +196,21 @@ def target_page(result: AuditResult, t: TargetResult, picture: str | None) -> st
     if t.release_sha256:
         lines += [f"Release digest `{t.release_sha256}` (transform `{t.transform}`).", ""]
     if primary and primary in t.sets:
-        floor = result.floor[primary]["ssim"]
-        scores = [float(v) for v in t.sets[primary]["ssim"].values()]
+        floor = float(result.floor[primary]["ssim"])
+        # (attack, SSIM, the floor of the images it was scored on): the white-box attacks see a subset
+        scored = [(f"decoder K={k}", float(v), floor) for k, v in t.sets[primary]["ssim"].items()]
         wb = t.sets[primary].get("whitebox") or {}
-        scores += [float(v) for a in ("rmle", "hybrid") for v in (wb.get(a) or {}).get("ssim", {}).values()]
-        worst = max(scores)
-        verdict = "within" if worst <= floor + GOAL_MARGIN else "ABOVE"
+        sub = float((wb.get("floor") or {}).get("ssim", floor))
+        for a in ("rmle", "hybrid"):
+            scored += [
+                (f"{a} K={k}", float(v), sub) for k, v in ((wb.get(a) or {}).get("ssim") or {}).items()
+            ]
+        name, value, base = max(scored, key=lambda row: row[1] - row[2])
+        verdict = "within" if value <= base + GOAL_MARGIN else "ABOVE"
+        gap = f"{'+' if value >= base else '−'} {abs(value - base):.3f}"
         lines += [
-            f"**Strongest attack on {primary}: SSIM {worst:.3f}, {verdict} the mean-image floor "
-            f"{floor:.3f} + {GOAL_MARGIN}.**",
+            f"**Strongest attack on {primary}: {name}, SSIM {value:.3f}, floor {gap}: "
+            f"{verdict} the mean-image floor {base:.3f} + {GOAL_MARGIN}.**",
             "",
         ]
     lines += _decoder(result, t) + _whitebox(result, t) + _repeats(result, t) + _peers(result, t)
