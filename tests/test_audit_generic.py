@@ -149,6 +149,13 @@ def _audit(setup: dict[str, Any], *extra: str, transform: Path | None = None) ->
     )
 
 
+def _tiny(setup: dict[str, Any]) -> tuple[str, ...]:
+    """The toy model with its weights and a tiny attacker budget (5 steps, width 16, 25 images)."""
+    weights = str(setup["root"] / "r18.pt")
+    return ("--model", "toy_models_audit:plain", "--weights", weights, "--steps", "5", "--adapt-steps", "2",
+            "--width", "16", "--max-images", "25")  # fmt: skip
+
+
 def _one_line_error(result: Any) -> str:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
@@ -162,18 +169,7 @@ def test_cli_audits_a_resnet_transform(setup: dict[str, Any], monkeypatch: pytes
     out = setup["root"] / "report"
     result = _audit(
         setup,
-        "--model",
-        "toy_models_audit:plain",
-        "--weights",
-        str(setup["root"] / "r18.pt"),
-        "--steps",
-        "5",
-        "--adapt-steps",
-        "2",
-        "--width",
-        "16",
-        "--max-images",
-        "25",
+        *_tiny(setup),
         "--out",
         str(out),
     )
@@ -370,18 +366,7 @@ def test_cli_runs_every_attack_and_keeps_the_metrics_schema(
     out = setup["root"] / "report-all"
     result = _audit(
         setup,
-        "--model",
-        "toy_models_audit:plain",
-        "--weights",
-        str(setup["root"] / "r18.pt"),
-        "--steps",
-        "5",
-        "--adapt-steps",
-        "2",
-        "--width",
-        "16",
-        "--max-images",
-        "25",
+        *_tiny(setup),
         "--attacks",
         "all",
         "--ks",
