@@ -403,7 +403,9 @@ def test_cli_runs_every_attack_and_keeps_the_metrics_schema(
     assert rep["ks"] == [1, 4, 16, 64] and set(noisy["sets"][held]["ssim"]) == {"1", "4", "16", "64"}
     sticky = list(rep["sticky"]["ssim"].values())
     assert max(sticky) - min(sticky) < 1e-6  # identical repeats: averaging gains nothing
-    assert rep["linkage"]["sticky_auc"] == 1.0 and 0 <= rep["linkage"]["fresh_auc"] < 1.0
+    # sticky repeats are identical tensors: always linked; fresh ones differ only by noise, so they link
+    # better than chance (on this toy's 8 images even perfectly, at times; test_audit_repeats.py: real faces)
+    assert rep["linkage"]["sticky_auc"] == 1.0 and 0.5 <= rep["linkage"]["fresh_auc"] <= 1.0
     assert rep["fresh"]["ssim"]["1"] == pytest.approx(noisy["sets"][held]["ssim"]["1"])
     assert "repeats" not in clean["sets"][held]  # clean activations have no noise to repeat
     page = (out / "targets" / "r18-layer2.md").read_text()
